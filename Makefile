@@ -1,0 +1,40 @@
+# make test   : create .venv from nothing, install everything the tests need, run the suite
+# make demo   : the main job end to end on built-in synthetic data
+# make bench  : the benchmarks (see benchmarks/README.md)
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+# The CPU wheel of this version lies on the development machines' disk; GPU users
+# install their own torch build first and then `pip install -e .`.
+TORCH  ?= torch==2.13.0
+DEMO   ?= demo_out
+
+.PHONY: test test-fast demo bench lint clean venv
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "$(TORCH)"
+	$(BIN)/python -m pip install -q -e ".[tf,dask,bench,dev]"
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
+
+demo: $(STAMP)
+	PATH="$(abspath $(BIN)):$$PATH" bash scripts/demo.sh "$(DEMO)"
+
+bench: $(STAMP)
+	PATH="$(abspath $(BIN)):$$PATH" bash benchmarks/run_all.sh
+
+lint: $(STAMP)
+	$(BIN)/ruff check ingest trainer predict tests benchmarks
+
+clean:
+	rm -rf $(VENV) $(DEMO) .pytest_cache build *.egg-info

@@ -1,0 +1,122 @@
+"""Protobuf encoding of YouTube-8M records, written by hand (no TensorFlow).
+
+The messages are `tf.train.Example` and `tf.train.SequenceExample`:
+
+    Example         { Features features = 1; }
+    SequenceExample { Features context = 1; FeatureLists feature_lists = 2; }
+    Features        { map<string, Feature> feature = 1; }        entry {key = 1; value = 2}
+    FeatureLists    { map<string, FeatureList> feature_list = 1; } entry {key = 1; value = 2}
+    FeatureList     { repeated Feature feature = 1; }
+    Feature         { oneof { BytesList bytes_list = 1; FloatList float_list = 2;
+                              Int64List int64_list = 3; } }
+    BytesList { repeated bytes value = 1; }   FloatList { repeated float value = 1; }
+    Int64List { repeated int64 value = 1; }
+
+The low-level helpers (`varint`, `field`) are public so that tests can build
+unusual but valid encodings (unpacked scalars, reordered or unknown fields).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ingest.video import Video
+
+VARINT, I64, LEN, I32 = 0, 1, 2, 5  # protobuf wire types
+
+
+def varint(value: int) -> bytes:
+    """Base-128 varint; negative int64 values take ten bytes (two's complement)."""
+    value &= (1 << 64) - 1
+    out = bytearray()
+    while True:
+        b = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out)
+
+
+def field(number: int, wire: int, payload: bytes | int) -> bytes:
+    """One field: key, then the payload (a varint value, fixed bytes, or length-delimited)."""
+    key = varint((number << 3) | wire)
+    if wire == VARINT:
+        return key + varint(int(payload))
+    if wire == LEN:
+        return key + varint(len(payload)) + bytes(payload)
+    return key + bytes(payload)
+
+
+def int64_list(values, packed: bool = True) -> bytes:
+    """Feature{int64_list = Int64List{value...}}."""
+    values = [int(v) for v in values]
+    if packed:
+        body = field(1, LEN, b"".join(varint(v) for v in values)) if values else b""
+    else:
+        body = b"".join(field(1, VARINT, v) for v in values)
+    return field(3, LEN, body)
+
+
+def float_list(values, packed: bool = True) -> bytes:
+    """Feature{float_list = FloatList{value...}} (little-endian float32)."""
+    arr = np.asarray(values, dtype="<f4")
+    if packed:
+        body = field(1, LEN, arr.tobytes()) if arr.size else b""
+    else:
+        body = b"".join(field(1, I32, x.tobytes()) for x in arr)
+    return field(2, LEN, body)
+
+
+def bytes_list(values) -> bytes:
+    """Feature{bytes_list = BytesList{value...}}."""
+    return field(1, LEN, b"".join(field(1, LEN, bytes(v)) for v in values))
+
+
+def map_entry(key: str, value: bytes) -> bytes:
+    """One entry of a protobuf map<string, message>: {key = 1; value = 2}."""
+    return field(1, LEN, key.encode()) + field(2, LEN, value)
+
+
+def features(entries: list[tuple[str, bytes]]) -> bytes:
+    """Features{feature map} from (key, encoded Feature) pairs, in the given order."""
+    return b"".join(field(1, LEN, map_entry(k, v)) for k, v in entries)
+
+
+def _context_entries(v: Video, packed: bool) -> list[tuple[str, bytes]]:
+    entries = [("id", bytes_list([v.id.encode()]))]
+    if v.labels is not None:
+        entries.append(("labels", int64_list(v.labels, packed)))
+    if v.segment_labels is not None:
+        entries.append(("segment_labels", int64_list(v.segment_labels, packed)))
+    if v.segment_start_times is not None:
+        entries.append(("segment_start_times", int64_list(v.segment_start_times, packed)))
+    if v.segment_end_times is not None:
+        entries.append(("segment_end_times", int64_list(v.segment_end_times, packed)))
+    if v.segment_scores is not None:
+        entries.append(("segment_scores", float_list(v.segment_scores, packed)))
+    return entries
+
+
+def encode_sequence_example(v: Video, packed: bool = True) -> bytes:
+    """Serialise a frame-level video as `tf.train.SequenceExample` bytes."""
+    context = features(_context_entries(v, packed))
+    lists = []
+    for key, frames in (("rgb", v.rgb), ("audio", v.audio)):
+        frames = np.ascontiguousarray(frames, dtype=np.uint8)
+        feature_list = b"".join(field(1, LEN, bytes_list([row.tobytes()])) for row in frames)
+        lists.append(field(1, LEN, map_entry(key, feature_list)))
+    return field(1, LEN, context) + field(2, LEN, b"".join(lists))
+
+
+def encode_example(v: Video, packed: bool = True) -> bytes:
+    """Serialise a video-level record as `tf.train.Example` bytes."""
+    entries = [e for e in _context_entries(v, packed)]
+    entries.append(("mean_rgb", float_list(v.mean_rgb, packed)))
+    entries.append(("mean_audio", float_list(v.mean_audio, packed)))
+    return field(1, LEN, features(entries))
+
+
+def encode_video(v: Video, packed: bool = True) -> bytes:
+    """`encode_sequence_example` for frame-level videos, `encode_example` otherwise."""
+    return encode_sequence_example(v, packed) if v.is_frame_level else encode_example(v, packed)
