@@ -1,7 +1,15 @@
-"""`ingest` command line (placeholder until the codec lands)."""
+"""`ingest`: YouTube-8M TFRecord shards → the training store.
+
+Each command lives in its own module and is registered below.
+"""
 import click
 
+from ingest.cliutil import Group
 
-@click.group()
+
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
-    """Read YouTube-8M TFRecord shards and build the training store."""
+    """Read YouTube-8M TFRecord shards, make synthetic ones, build the training store."""
+
+
+# Commands are registered here, one line each:

@@ -1,7 +1,12 @@
-"""`predict` command line (placeholder until the codec lands)."""
+"""`predict` command line. Each command lives in its own module and is registered below."""
 import click
 
+from ingest.cliutil import Group
 
-@click.group()
+
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
-    """Predict, select top-k, score.
+    """Predict segments, select the top-k per class, validate and score submissions."""
+
+
+# Commands are registered here, one line each:

@@ -1,7 +1,12 @@
-"""`train` command line (placeholder until the codec lands)."""
+"""`trainer` command line. Each command lives in its own module and is registered below."""
 import click
 
+from ingest.cliutil import Group
 
-@click.group()
+
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
-    """Train models.
+    """Build, inspect and train the models."""
+
+
+# Commands are registered here, one line each:

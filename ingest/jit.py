@@ -1,0 +1,29 @@
+"""The one switch for numba: every kernel of the project is decorated here.
+
+Set `YT8M_NO_JIT=1` to run every kernel as plain Python (for debugging and for
+checking a kernel against its twin without compilation). Compiled kernels are
+cached on disk (`cache=True`) so that a second process starts fast.
+"""
+from __future__ import annotations
+
+import os
+
+import numba
+
+JIT_ENABLED = os.environ.get("YT8M_NO_JIT", "") not in ("1", "true", "yes")
+
+
+def njit(*args, **kwargs):
+    """`numba.njit(cache=True, nogil=True, ...)`, or the identity when JIT is off."""
+    kwargs.setdefault("cache", True)
+    kwargs.setdefault("nogil", True)
+    if not JIT_ENABLED:
+        if args and callable(args[0]):
+            return args[0]
+        return lambda f: f
+    return numba.njit(*args, **kwargs)
+
+
+def prange(*args):
+    """`numba.prange` under JIT, `range` otherwise."""
+    return numba.prange(*args) if JIT_ENABLED else range(*args)
