@@ -1,0 +1,1 @@
+"""Building blocks of the paper's models, one concept per module (paper §3)."""

@@ -1,0 +1,77 @@
+"""Frozen configurations of every model; the registry (trainer/registry.py) names them.
+
+Defaults are the reference design's (7th-place solution, paper §3 and Tables 1, 2, 5).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+# YouTube-8M frame features: 1024 rgb + 128 audio values per frame (docs/formats.md).
+RGB_DIM = 1024
+AUDIO_DIM = 128
+FRAME_DIM = RGB_DIM + AUDIO_DIM
+# The 1000 rated segment classes (ingest/vocab.py).
+NUM_CLASSES = 1000
+
+
+@dataclass(frozen=True)
+class DBoFConfig:
+    """Context-gated DBoF embedding (Table 1: H = hidden)."""
+
+    hidden: int = 4096
+    frame_gating_reduction: int = 8  # SE bottleneck H / 8 on every frame
+
+
+@dataclass(frozen=True)
+class NeXtVLADConfig:
+    """NeXtVLAD embedding (Table 2: C = clusters, G = groups); audio branch C/2 clusters."""
+
+    clusters: int = 64
+    groups: int = 16
+    expansion: int = 2
+    cluster_dropout: float = 0.25  # paper §3: 25% cluster dropout
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    """Embedding → FC → ReLU → SE gating: a video (or segment) → `(B, fc_dim)`.
+
+    `stop_at_fc=True` ends the encoder at the FC's linear output (no ReLU, no gating):
+    the reference design's NeXtVLAD segment encoder inside a context-aware model.
+    `gating_reduction=0` removes the gating.
+    """
+
+    embedding: DBoFConfig | NeXtVLADConfig
+    fc_dim: int = 2048  # Table 1: D
+    gating_reduction: int = 4
+    dropout: float = 0.5
+    stop_at_fc: bool = False
+
+
+@dataclass(frozen=True)
+class HeadConfig:
+    """Mixture-of-experts head (Tables 1, 2: N = mixtures)."""
+
+    mixtures: int = 4
+    classes: int = NUM_CLASSES
+    dropout: float = 0.5
+
+
+@dataclass(frozen=True)
+class VideoModelConfig:
+    """Video-level model = encoder + MoE head (also the context-agnostic segment model)."""
+
+    encoder: EncoderConfig
+    head: HeadConfig = field(default_factory=HeadConfig)
+
+
+@dataclass(frozen=True)
+class ContextAwareConfig:
+    """Frozen context (video) encoder + trainable segment encoder → concat → FC → gating → MoE."""
+
+    context: EncoderConfig
+    segment: EncoderConfig
+    fc_dim: int = 2048
+    gating_reduction: int = 4  # 0: no gating after the FC
+    dropout: float = 0.5
+    head: HeadConfig = field(default_factory=lambda: HeadConfig(mixtures=2))
