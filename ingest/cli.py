@@ -13,3 +13,6 @@ def main() -> None:
 
 
 # Commands are registered here, one line each:
+from ingest.cli_synth import synth
+
+main.add_command(synth)

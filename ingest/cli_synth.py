@@ -1,0 +1,38 @@
+"""`ingest synth OUT_DIR ...`: write synthetic YouTube-8M frame-level shards (docs/synth.md)."""
+from __future__ import annotations
+
+import click
+
+from ingest.synth import MAX_FRAMES, SPLITS, SynthConfig, write_synth
+
+
+@click.command("synth")
+@click.argument("out_dir", type=click.Path(file_okay=False))
+@click.option("--split", type=click.Choice(SPLITS), default="train", show_default=True,
+              help="train: labels; validate: labels + rated segments; test: neither, "
+                   "ratings go to OUT_DIR/truth.parquet.")
+@click.option("--shards", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--videos-per-shard", type=click.IntRange(min=0), default=100, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Draws the videos; shard k of a split depends on (seed, split, k) only.")
+@click.option("--world-seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Fixes what the classes look like; use the same one for every split.")
+@click.option("--min-frames", type=click.IntRange(1, MAX_FRAMES), default=120, show_default=True)
+@click.option("--max-frames", type=click.IntRange(1, MAX_FRAMES), default=300, show_default=True)
+@click.option("--edge-cases", is_flag=True,
+              help="Mix in 1-frame (5%), exactly 300-frame (5%) and 2..39-frame (10%) videos.")
+@click.option("--beyond-end-rate", type=click.FloatRange(0.0, 1.0), default=0.0,
+              show_default=True,
+              help="validate: share of rated videos given one extra rating that starts "
+                   "past the video's end, as a few real records have.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def synth(out_dir: str, split: str, shards: int, videos_per_shard: int, seed: int,
+          world_seed: int, min_frames: int, max_frames: int, edge_cases: bool,
+          beyond_end_rate: float, quiet: bool) -> None:
+    """Write synthetic frame-level shards OUT_DIR/<split>-NNNNN-of-MMMMM.tfrecord."""
+    config = SynthConfig(out_dir=out_dir, split=split, shards=shards,
+                         videos_per_shard=videos_per_shard, seed=seed, world_seed=world_seed,
+                         min_frames=min_frames, max_frames=max_frames, edge_cases=edge_cases,
+                         beyond_end_rate=beyond_end_rate)
+    for path in write_synth(config, progress=not quiet):
+        click.echo(str(path))

@@ -1,0 +1,294 @@
+"""`ingest synth`: synthetic YouTube-8M frame-level shards with a learnable planted signal.
+
+Each shard is drawn from its own generator seeded by (seed, split, shard index), so
+any shard can be reproduced alone; what the classes look like (the `World` of
+`ingest.synth_signal`) depends only on `world_seed`, so train, validate and test
+shards drawn with different seeds share one world. Per video, in this order:
+length, labels, events, frames, ratings. `train` records carry labels, `validate`
+records labels and rated segments, `test` records neither; the ratings of test
+videos go to `OUT_DIR/truth.parquet`. docs/synth.md describes every choice.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from tqdm import tqdm
+
+from ingest.encode import encode_sequence_example
+from ingest.errors import IngestError
+from ingest.synth_signal import (
+    NOISE_SCALE,
+    SEGMENT_FRAMES,
+    World,
+    make_world,
+    render_frames,
+)
+from ingest.tfrecord import write_tfrecord
+from ingest.video import FRAME_BYTES, RGB_BYTES, Video
+from ingest.vocab import class_index_of_label, segment_class_ids
+
+SPLITS = ("train", "validate", "test")
+_SPLIT_CODE = {"train": 1, "validate": 2, "test": 3}  # enters the shard seed
+_ID_PREFIX = {"train": "T", "validate": "V", "test": "X"}
+
+MAX_FRAMES = 300  # at most 300 one-second frames per video (dataset fact)
+FIRST_UNRATED = 6  # the first 6 segments of a video were never rated (challenge data)
+LAST_UNRATED = 2  # nor the last 2
+RATINGS_PER_VIDEO = 5  # ~5 rated segments per rated video (237,788 ratings in the real data)
+POSITIVE_RATE = 132_442 / 237_788  # 55.7% of the real ratings are positive
+END_TIMES_RATE = 0.5  # share of rated records that also carry segment_end_times
+EVENT_RATE = 0.35  # chance that a labelled segment class has its event in a given segment
+LABEL_COUNT_P = (0.30, 0.25, 0.20, 0.15, 0.10)  # P(1..5 labels per video)
+# --edge-cases: shares of 1-frame, exactly 300-frame and short (< 8 segments) videos.
+EDGE_ONE_FRAME, EDGE_FULL, EDGE_SHORT = 0.05, 0.05, 0.10
+SHORT_MAX_FRAMES = 8 * SEGMENT_FRAMES - 1  # 39 frames: fewer than 8 segments
+
+TRUTH_SCHEMA = pa.schema([
+    ("video_id", pa.string()),
+    ("start_time", pa.int32()),
+    ("label", pa.int32()),
+    ("class_index", pa.int16()),
+    ("score", pa.float32()),
+])
+TRUTH_FILE = "truth.parquet"
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    """What `ingest synth` writes. `split` is used by `write_synth`."""
+
+    out_dir: str = "."
+    split: str = "train"
+    shards: int = 1
+    videos_per_shard: int = 100
+    seed: int = 0
+    world_seed: int = 0  # fixes what classes look like; keep it equal across splits
+    min_frames: int = 120
+    max_frames: int = 300
+    edge_cases: bool = False  # mix in 1-frame, 300-frame and < 40-frame videos
+    beyond_end_rate: float = 0.0  # validate: share of rated videos with a rating past the end
+
+    def __post_init__(self) -> None:
+        if self.split not in SPLITS:
+            raise IngestError(f"--split must be one of {', '.join(SPLITS)}, not {self.split!r}")
+        if self.shards < 1 or self.videos_per_shard < 0:
+            raise IngestError("--shards must be >= 1 and --videos-per-shard >= 0")
+        if not 1 <= self.min_frames <= self.max_frames <= MAX_FRAMES:
+            raise IngestError(f"need 1 <= --min-frames <= --max-frames <= {MAX_FRAMES}, "
+                              f"got {self.min_frames}..{self.max_frames}")
+        if not 0.0 <= self.beyond_end_rate <= 1.0:
+            raise IngestError("--beyond-end-rate must be within [0, 1]")
+        if self.seed < 0 or self.world_seed < 0:
+            raise IngestError("seeds must be >= 0")
+
+
+@dataclass(frozen=True)
+class Ratings:
+    """The rated segments of one video (also drawn for test videos, which do not carry them)."""
+
+    start_times: np.ndarray  # (r,) int64, multiples of 5
+    labels: np.ndarray  # (r,) int64 vocabulary ids
+    scores: np.ndarray  # (r,) float32, 1.0 / 0.0
+    with_end_times: bool  # the record also carries segment_end_times = start + 5
+
+
+def shard_name(split: str, index: int, shards: int) -> str:
+    return f"{split}-{index:05d}-of-{shards:05d}.tfrecord"
+
+
+def shard_rng(config: SynthConfig, split: str, shard_index: int) -> np.random.Generator:
+    """The generator of one shard: a function of (seed, split, shard index) only."""
+    return np.random.default_rng(
+        np.random.SeedSequence([config.seed, _SPLIT_CODE[split], shard_index]))
+
+
+def _draw_length(rng: np.random.Generator, config: SynthConfig) -> int:
+    u = rng.random()
+    if config.edge_cases:
+        if u < EDGE_ONE_FRAME:
+            return 1
+        if u < EDGE_ONE_FRAME + EDGE_FULL:
+            return MAX_FRAMES
+        if u < EDGE_ONE_FRAME + EDGE_FULL + EDGE_SHORT:
+            return int(rng.integers(2, SHORT_MAX_FRAMES + 1))
+    return int(rng.integers(config.min_frames, config.max_frames + 1))
+
+
+def _draw_labels(rng: np.random.Generator, world: World) -> np.ndarray:
+    """(k,) int64 vocabulary ids, k in 1..5; the first is a segment class; no two partners."""
+    k = 1 + int(rng.choice(len(LABEL_COUNT_P), p=LABEL_COUNT_P))
+    first = int(np.searchsorted(world.segment_cdf, rng.random(), side="right"))
+    labels = [int(segment_class_ids()[first])]
+    cls_of = class_index_of_label()
+    taken = {first}
+    for _ in range(8 * k):  # bounded retries; frequent duplicates just shorten the list
+        if len(labels) == k:
+            break
+        lab = int(np.searchsorted(world.vocab_cdf, rng.random(), side="right"))
+        c = int(cls_of[lab])
+        if lab in labels or (c >= 0 and int(world.partner[c]) in taken):
+            continue
+        labels.append(lab)
+        if c >= 0:
+            taken.add(c)
+    return np.array(labels, np.int64)
+
+
+def _draw_events(rng: np.random.Generator, world: World, classes: np.ndarray, n_seg: int,
+                 seg_add: np.ndarray) -> np.ndarray:
+    """Event segments of each labelled segment class; fills seg_add[:n_seg] (n_seg, 1152).
+
+    Returns (len(classes), n_seg) bool: class j has its event in segment s.
+    """
+    present = rng.random((len(classes), n_seg)) < EVENT_RATE
+    seg_add[:n_seg] = 0.0
+    for j, c in enumerate(classes):
+        seg_add[:n_seg][present[j]] += world.pattern[c]
+    return present
+
+
+def ratable_segments(n_frames: int) -> np.ndarray:
+    """Segment indices that may be rated: 6 .. n_frames // 5 - 3 (full segments only)."""
+    return np.arange(FIRST_UNRATED, n_frames // SEGMENT_FRAMES - LAST_UNRATED, dtype=np.int64)
+
+
+def _draw_ratings(rng: np.random.Generator, classes: np.ndarray, present: np.ndarray,
+                  n_frames: int, beyond_end_rate: float) -> Ratings | None:
+    """About 5 rated segments of one labelled segment class, ~56% positive; None if none ratable."""
+    ok = ratable_segments(n_frames)
+    if len(classes) == 0 or len(ok) == 0:
+        return None
+    j = int(rng.integers(len(classes)))
+    pos, neg = ok[present[j, ok]], ok[~present[j, ok]]
+    m = min(RATINGS_PER_VIDEO, len(ok))
+    n_pos = min(int(rng.binomial(m, POSITIVE_RATE)), len(pos))
+    n_neg = min(m - n_pos, len(neg))
+    n_pos = min(m - n_neg, len(pos))
+    seg = np.concatenate([rng.choice(pos, n_pos, replace=False),
+                          rng.choice(neg, n_neg, replace=False)])
+    score = np.concatenate([np.ones(n_pos, np.float32), np.zeros(n_neg, np.float32)])
+    if rng.random() < beyond_end_rate:  # like a few real records: a start past the end
+        past = -(-n_frames // SEGMENT_FRAMES) + int(rng.integers(0, 10))
+        seg = np.append(seg, past)
+        score = np.append(score, np.float32(rng.random() < POSITIVE_RATE))
+    order = np.argsort(seg, kind="stable")
+    label = segment_class_ids()[classes[j]]
+    return Ratings(start_times=seg[order] * SEGMENT_FRAMES,
+                   labels=np.full(len(seg), label, np.int64),
+                   scores=score[order].astype(np.float32),
+                   with_end_times=bool(rng.random() < END_TIMES_RATE))
+
+
+def _as_record(vid: str, split: str, labels: np.ndarray, frames: np.ndarray,
+               ratings: Ratings | None) -> Video:
+    v = Video(vid, rgb=frames[:, :RGB_BYTES], audio=frames[:, RGB_BYTES:])
+    if split == "test":
+        return v
+    v.labels = labels
+    if split == "validate" and ratings is not None:
+        v.segment_labels = ratings.labels
+        v.segment_start_times = ratings.start_times
+        v.segment_scores = ratings.scores
+        if ratings.with_end_times:
+            v.segment_end_times = ratings.start_times + SEGMENT_FRAMES
+    return v
+
+
+def iter_shard(config: SynthConfig, split: str,
+               shard_index: int) -> Iterator[tuple[Video, Ratings | None]]:
+    """Yield (record as written for `split`, the video's ratings) for each video of a shard.
+
+    Frames are fresh arrays per video; rgb and audio are views of one (n, 1152) array.
+    """
+    world = make_world(config.world_seed)
+    rng = shard_rng(config, split, shard_index)
+    seg_add = np.zeros((-(-MAX_FRAMES // SEGMENT_FRAMES), FRAME_BYTES), np.float32)
+    cls_of = class_index_of_label()
+    for i in range(config.videos_per_shard):
+        n = _draw_length(rng, config)
+        labels = _draw_labels(rng, world)
+        classes = cls_of[labels]
+        classes = classes[classes >= 0].astype(np.int64)
+        n_seg = -(-n // SEGMENT_FRAMES)
+        present = _draw_events(rng, world, classes, n_seg, seg_add)
+        topic = world.topic[labels].sum(axis=0)
+        noise = rng.integers(0, 256, size=(n, FRAME_BYTES, 2), dtype=np.uint8)
+        frames = np.empty((n, FRAME_BYTES), np.uint8)
+        render_frames(topic, seg_add[:n_seg], noise, NOISE_SCALE, frames)
+        rate = config.beyond_end_rate if split == "validate" else 0.0
+        ratings = _draw_ratings(rng, classes, present, n, rate)
+        vid = f"{_ID_PREFIX[split]}{config.seed}_{shard_index:05d}_{i:05d}"
+        yield _as_record(vid, split, labels, frames, ratings), ratings
+
+
+def synth_shard(config: SynthConfig, split: str, shard_index: int) -> list[Video]:
+    """The records of one shard, exactly as `write_synth` writes them."""
+    return [v for v, _ in iter_shard(config, split, shard_index)]
+
+
+def truth_table(rows: list[tuple[str, Ratings]]) -> pa.Table:
+    """Truth Parquet table (docs/formats.md) of (video id, ratings) pairs."""
+    ids = [vid for vid, r in rows for _ in range(len(r.labels))]
+    cat = (lambda key, dt: np.concatenate([getattr(r, key) for _, r in rows]).astype(dt)
+           if rows else np.zeros(0, dt))
+    labels = cat("labels", np.int32)
+    return pa.table({
+        "video_id": pa.array(ids, pa.string()),
+        "start_time": pa.array(cat("start_times", np.int32)),
+        "label": pa.array(labels),
+        "class_index": pa.array(class_index_of_label()[labels].astype(np.int16)),
+        "score": pa.array(cat("scores", np.float32)),
+    }, schema=TRUTH_SCHEMA)
+
+
+def shard_truth(config: SynthConfig, shard_index: int) -> pa.Table:
+    """The truth table of one test shard (what `truth.parquet` holds for it)."""
+    return truth_table([(v.id, r) for v, r in iter_shard(config, "test", shard_index)
+                        if r is not None])
+
+
+def _write_parquet_atomic(table: pa.Table, path: Path) -> None:
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    try:
+        pq.write_table(table, tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_synth(config: SynthConfig, progress: bool = True) -> list[Path]:
+    """Write `config.shards` shards of `config.split` into `config.out_dir`; returns the paths.
+
+    For `test`, also writes `truth.parquet` covering every shard written (last in the list).
+    Each file is written to a temporary name and renamed when complete.
+    """
+    out = Path(config.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths, truth = [], []
+    bar = tqdm(total=config.shards * config.videos_per_shard, unit="video",
+               desc=f"synth {config.split}", disable=not progress)
+
+    def records(k: int) -> Iterator[bytes]:
+        for v, r in iter_shard(config, config.split, k):
+            if config.split == "test" and r is not None:
+                truth.append((v.id, r))
+            bar.update(1)
+            yield encode_sequence_example(v)
+
+    with bar:
+        for k in range(config.shards):
+            path = out / shard_name(config.split, k, config.shards)
+            write_tfrecord(path, records(k))
+            paths.append(path)
+    if config.split == "test":
+        path = out / TRUTH_FILE
+        _write_parquet_atomic(truth_table(truth), path)
+        paths.append(path)
+    return paths
