@@ -10,3 +10,6 @@ def main() -> None:
 
 
 # Commands are registered here, one line each:
+from trainer.cli_models import models_command
+
+main.add_command(models_command)

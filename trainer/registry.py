@@ -141,3 +141,40 @@ def within(count: float, paper: tuple[float, float], tol: float = COUNT_TOLERANC
     """Is `count` (millions) within `tol` of the paper's value or range?"""
     lo, hi = paper
     return lo * (1 - tol) <= count <= hi * (1 + tol)
+
+
+def _fmt(count: tuple[float, float] | None) -> str:
+    if count is None:
+        return "-"
+    lo, hi = count
+    return f"{lo:g}" if lo == hi else f"{lo:g}-{hi:g}"
+
+
+def parameter_rows() -> list[dict]:
+    """One row per variant: our counts (millions, built on the meta device) beside the
+    paper's and the reference design's (`*_m`), and whether ours are within 3% of the paper."""
+    rows = []
+    for v in VARIANTS.values():
+        total, trainable = count_parameters(build(v.name, device="meta"))
+        ours = (total / 1e6, trainable / 1e6)
+        row = {
+            "name": v.name,
+            "total_m": round(ours[0], 3),
+            "trainable_m": round(ours[1], 3),
+            "paper_total_m": _fmt(v.paper.total) if v.paper else "-",
+            "paper_trainable_m": _fmt(v.paper and (v.paper.trainable or v.paper.total)),
+            "reference_total_m": _fmt(v.reference.total) if v.reference else "-",
+            "reference_trainable_m": _fmt(
+                v.reference and (v.reference.trainable or v.reference.total)
+            ),
+            "reproduces_paper": None,
+            "note": v.note,
+            "source": v.source,
+        }
+        if v.paper:
+            paper_trainable = v.paper.trainable or v.paper.total
+            row["reproduces_paper"] = within(ours[0], v.paper.total) and within(
+                ours[1], paper_trainable
+            )
+        rows.append(row)
+    return rows
