@@ -10,3 +10,10 @@ def main() -> None:
 
 
 # Commands are registered here, one line each:
+from predict.cli_topk import topk
+
+main.add_command(topk)
+from predict.cli_evaluate import evaluate, validate
+
+main.add_command(evaluate)
+main.add_command(validate)
