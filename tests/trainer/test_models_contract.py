@@ -1,0 +1,88 @@
+"""One contract over every registered variant: output shape, no NaN, every trainable
+parameter gets a gradient, frozen ones get none. The full-size ones are marked slow."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from trainer.layers.moe import MoEOutput
+from trainer.losses import segment_loss, video_loss
+from trainer.models.context_aware import ContextAwareModel
+from trainer.registry import VARIANTS, build
+
+B, L, SEGMENT_LEN = 4, 12, 11
+
+
+def _params() -> list:
+    return [
+        pytest.param(name, marks=() if "tiny" in name else (pytest.mark.slow,), id=name)
+        for name in VARIANTS
+    ]
+
+
+def _batch(seed: int):
+    g = torch.Generator().manual_seed(seed)
+    frames = torch.randint(0, 256, (B, L, 1152), generator=g, dtype=torch.uint8)
+    mask = torch.ones(B, L, dtype=torch.bool)
+    mask[1, 7:] = False
+    mask[3, 4:] = False
+    segments = torch.randint(0, 256, (B, SEGMENT_LEN, 1152), generator=g, dtype=torch.uint8)
+    return frames, mask, segments
+
+
+@pytest.mark.parametrize("name", _params())
+def test_variant_contract(name):
+    torch.manual_seed(0)
+    model = build(name).train()
+    frames, mask, segments = _batch(1)
+    if isinstance(model, ContextAwareModel):
+        out = model(frames, mask, segments)
+        negatives = torch.rand(B, 1000) < 0.3
+        loss = segment_loss(out, torch.tensor([0, 17, 400, 999]), torch.tensor([1, 0, 1, 0]), negatives)
+    else:
+        out = model(frames, mask)
+        loss = video_loss(out, torch.rand(B, 1000) < 0.05)
+    assert isinstance(out, MoEOutput)
+    assert out.log_p.shape == out.log_not_p.shape == (B, 1000)
+    assert torch.isfinite(out.log_p).all() and torch.isfinite(out.log_not_p).all()
+    assert torch.allclose(out.log_p.exp() + out.log_not_p.exp(), torch.ones(B, 1000), atol=1e-5)
+    assert torch.isfinite(loss)
+    loss.backward()
+    n_trainable = n_frozen = 0
+    for pname, p in model.named_parameters():
+        if p.requires_grad:
+            n_trainable += 1
+            assert p.grad is not None, f"{pname} got no gradient"
+            assert torch.isfinite(p.grad).all(), pname
+            assert p.grad.abs().sum() > 0, f"{pname} got a zero gradient"
+        else:
+            n_frozen += 1
+            assert p.grad is None, f"frozen {pname} got a gradient"
+    assert n_trainable > 0
+    assert (n_frozen > 0) == isinstance(model, ContextAwareModel)
+
+
+def test_context_encoder_stays_frozen_in_eval_mode():
+    torch.manual_seed(0)
+    model = build("dbof-tiny+nxvlad-tiny").train()
+    assert model.training and model.segment.training and not model.context.training
+    assert all(not m.training for m in model.context.modules())
+    before = {k: v.clone() for k, v in model.context.state_dict().items()}
+    frames, mask, segments = _batch(2)
+    model(frames, mask, segments)
+    after = model.context.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # running stats untouched
+    seg_bn = model.segment.embedding.rgb.out_norm
+    assert seg_bn.num_batches_tracked == 1  # the segment encoder does train
+
+
+def test_load_encoders_copies_pretrained_weights():
+    torch.manual_seed(0)
+    context, segment = build("dbof-tiny"), build("nxvlad-tiny")
+    model = build("dbof-tiny+nxvlad-tiny")
+    model.load_encoders(context, segment)
+    for k, v in model.context.state_dict().items():
+        assert torch.equal(v, context.encoder.state_dict()[k])
+    assert model.segment.gating is None  # a NeXtVLAD segment encoder stops at the FC
+    for k, v in model.segment.state_dict().items():
+        assert torch.equal(v, segment.encoder.state_dict()[k])
