@@ -1,5 +1,7 @@
 """TFRecord framing: `uint64 length, uint32 masked_crc(length), data, uint32 masked_crc(data)`.
 
+Writer (`write_tfrecord`) and reader (`scan_records`, `iter_records`), both CRCs checked.
+
 All integers little-endian; the CRC is CRC-32C (Castagnoli) masked as
 `((crc >> 15) | (crc << 17)) + 0xa282ead8` (mod 2**32).
 """
@@ -7,9 +9,13 @@ from __future__ import annotations
 
 import os
 import struct
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 
 import google_crc32c
+import numpy as np
+
+from ingest.errors import ShardError
 
 HEADER_BYTES = 12  # uint64 length + uint32 crc
 FOOTER_BYTES = 4  # uint32 crc of the data
@@ -19,7 +25,7 @@ _MASK_DELTA = 0xA282EAD8
 def masked_crc(data: bytes | memoryview) -> int:
     """The masked CRC-32C that TFRecord stores."""
     crc = google_crc32c.value(bytes(data) if isinstance(data, memoryview) else data)
-    return (((crc >> 15) | (crc << 17)) + _MASK_DELTA) & 0xFFFFFFFF
+    return _mask(crc)
 
 
 def frame_record(data: bytes) -> bytes:
@@ -43,3 +49,97 @@ def write_tfrecord(path: str | os.PathLike, records: Iterable[bytes]) -> int:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return n
+
+
+# ---------------------------------------------------------------- reader
+
+_HEADER = struct.Struct("<QI")
+_FOOTER = struct.Struct("<I")
+
+
+def _mask(crc: int) -> int:
+    return (((crc >> 15) | (crc << 17)) + _MASK_DELTA) & 0xFFFFFFFF
+
+
+@dataclass
+class RecordSpans:
+    """The whole records found in a buffer by `scan_records`. R = records kept."""
+
+    starts: np.ndarray  # (R,) int64: start of each record's data in the buffer
+    lengths: np.ndarray  # (R,) int64: data length
+    offsets: np.ndarray  # (R,) int64: byte offset of each record's header in the file
+    numbers: np.ndarray  # (R,) int64: 0-based record number in the file
+    bad_crc: list[tuple[int, int]]  # (record number, offset) whose data CRC failed (skipped)
+    consumed: int  # bytes of the buffer covered by whole records (kept or skipped)
+    n_records: int  # records covered (kept + skipped)
+    need: int  # bytes the next, incomplete record needs from its header on (0 if none)
+
+
+def scan_records(buf: np.ndarray, nbytes: int, *, path: str, file_offset: int,
+                 first_record: int, file_size: int, skip_bad_crc: bool = False) -> RecordSpans:
+    """Find the whole records in `buf[:nbytes]`, which holds the file from `file_offset`.
+
+    Both CRCs are checked with google_crc32c on numpy views (no copy). A bad
+    length CRC or a record running past `file_size` raises `ShardError` (the
+    stream cannot be resynchronised); a bad data CRC raises too unless
+    `skip_bad_crc`, which lists the record in `bad_crc` instead. An incomplete
+    record at the end of the buffer is left for the next call (`need` says how
+    many bytes it takes); at the end of the file it is reported as truncated.
+    """
+    starts, lengths, offsets, numbers, bad = [], [], [], [], []
+    pos, rec, need = 0, first_record, 0
+    value = google_crc32c.value
+    while True:
+        where = file_offset + pos
+        left = nbytes - pos
+        if left < HEADER_BYTES:
+            if left and where + HEADER_BYTES > file_size:
+                raise ShardError(path, rec, where, f"truncated record header ({file_size - where} "
+                                 f"of {HEADER_BYTES} bytes)")
+            need = HEADER_BYTES if left else 0
+            break
+        length, length_crc = _HEADER.unpack_from(buf, pos)
+        if _mask(value(buf[pos : pos + 8])) != length_crc:
+            raise ShardError(path, rec, where, "length CRC mismatch (corrupt record length)")
+        total = HEADER_BYTES + length + FOOTER_BYTES
+        if where + total > file_size:
+            raise ShardError(path, rec, where, f"truncated record: {length} data bytes announced, "
+                             f"the file ends {file_size - where - HEADER_BYTES} bytes later")
+        if total > left:
+            need = total
+            break
+        data = pos + HEADER_BYTES
+        (data_crc,) = _FOOTER.unpack_from(buf, data + length)
+        if _mask(value(buf[data : data + length])) != data_crc:
+            if not skip_bad_crc:
+                raise ShardError(path, rec, where, "data CRC mismatch (corrupt record)")
+            bad.append((rec, where))
+        else:
+            starts.append(data)
+            lengths.append(length)
+            offsets.append(where)
+            numbers.append(rec)
+        pos += total
+        rec += 1
+
+    def arr(xs: list) -> np.ndarray:
+        return np.array(xs, dtype=np.int64)
+
+    return RecordSpans(arr(starts), arr(lengths), arr(offsets), arr(numbers), bad, pos,
+                       rec - first_record, need)
+
+
+def iter_records(path: str | os.PathLike) -> Iterator[tuple[int, int, bytes]]:
+    """(record number, header offset, data bytes) of every record, both CRCs checked.
+
+    Reads the whole file at once: a simple reader for tools and tests; the
+    decoder (ingest/decode.py) streams with bounded memory instead.
+    """
+    path = os.fspath(path)
+    with open(path, "rb") as f:
+        raw = f.read()
+    buf = np.frombuffer(raw, np.uint8)
+    spans = scan_records(buf, len(raw), path=path, file_offset=0, first_record=0,
+                         file_size=len(raw))
+    for s, n, off, rec in zip(spans.starts, spans.lengths, spans.offsets, spans.numbers):
+        yield int(rec), int(off), raw[s : s + n]

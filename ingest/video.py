@@ -71,6 +71,8 @@ class DecodedShard:
     segment_scores: np.ndarray  # (S,) float32
     mean_rgb: np.ndarray = field(default_factory=lambda: np.zeros((0, RGB_BYTES), np.float32))
     mean_audio: np.ndarray = field(default_factory=lambda: np.zeros((0, AUDIO_BYTES), np.float32))
+    # records left out by on_error="skip-record": (record number, header byte offset, reason)
+    skipped: list[tuple[int, int, str]] = field(default_factory=list)
 
     @property
     def n_videos(self) -> int:
@@ -97,7 +99,7 @@ class DecodedShard:
         )
 
     @classmethod
-    def from_videos(cls, videos: list[Video], path: str = "<memory>") -> "DecodedShard":
+    def from_videos(cls, videos: list[Video], path: str = "<memory>") -> DecodedShard:
         """Build the columnar form directly from `Video` objects (plain Python).
 
         Used by tests as the expected output of the decoder, and by code that

@@ -1,0 +1,779 @@
+"""The numba decoder of YouTube-8M TFRecord shards into columnar buffers.
+
+A shard is read into one reused buffer (`readinto`), its framing and both CRCs
+are checked in `ingest.tfrecord.scan_records`, and one numba call
+(`decode_records`, nogil) walks the protobuf wire format of a whole chunk of
+records, copying frames straight into preallocated output buffers. See
+docs/codec.md for the accepted encodings, the kind rule and the error policy.
+
+    dec = ShardDecoder(on_error="fail")        # or "skip-record"
+    for chunk in dec.iter_chunks(path):        # views into reused buffers
+        ...
+    shard = decode_shard(path)                 # arrays owned by the result
+"""
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Iterator
+
+import numpy as np
+
+from ingest import wire
+from ingest.errors import ShardError
+from ingest.jit import njit
+from ingest.tfrecord import scan_records
+from ingest.video import AUDIO_BYTES, FRAME_BYTES, RGB_BYTES, DecodedShard
+from ingest.wire import I32, LEN, OK, VARINT, read_key, read_len, read_varint, skip_field
+
+DEFAULT_CHUNK_BYTES = 128 << 20
+ON_ERROR = ("fail", "skip-record")
+FLOAT_BYTES = 4
+
+# Keys of the context / Example features map and of the feature_lists map.
+CTX_KEYS = ("id", "labels", "segment_labels", "segment_start_times", "segment_end_times",
+            "segment_scores", "mean_rgb", "mean_audio")
+K_ID, K_LABELS, K_SEG_LABELS, K_SEG_START, K_SEG_END, K_SEG_SCORES, K_MEAN_RGB, K_MEAN_AUDIO = (
+    range(len(CTX_KEYS)))
+LIST_KEYS = ("rgb", "audio")
+L_RGB, L_AUDIO = 0, 1
+
+KIND_NONE, KIND_FRAME, KIND_VIDEO = 0, 1, 2
+KIND_NAMES = {KIND_NONE: "frame", KIND_FRAME: "frame", KIND_VIDEO: "video"}
+
+# Counter slots of `decode_records` (committed after each record).
+C_VIDEOS, C_FRAMES, C_ID_BYTES, C_LABELS, C_SEGMENTS, C_KIND = range(6)
+N_COUNTERS = 6
+# Output buffers that can run out of space (err[2] of an OUT_OF_SPACE return).
+B_FRAMES, B_ID_BYTES, B_LABELS, B_SEGMENTS = 1, 2, 3, 4
+
+
+def _name_table(names: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
+    raw = [n.encode() for n in names]
+    offs = np.cumsum([0] + [len(r) for r in raw]).astype(np.int64)
+    return np.frombuffer(b"".join(raw), np.uint8).copy(), offs
+
+
+CTX_NAMES, CTX_NAME_OFF = _name_table(CTX_KEYS)
+LIST_NAMES, LIST_NAME_OFF = _name_table(LIST_KEYS)
+
+
+# ---------------------------------------------------------------- numba kernels
+
+
+@njit
+def match_key(buf, a, b, names, name_off):
+    """Index of `buf[a:b]` in the name table, or -1."""
+    n = b - a
+    for k in range(name_off.shape[0] - 1):
+        s = name_off[k]
+        if name_off[k + 1] - s != n:
+            continue
+        same = True
+        for j in range(n):
+            if buf[a + j] != names[s + j]:
+                same = False
+                break
+        if same:
+            return k
+    return -1
+
+
+@njit
+def walk_map(buf, a, b, names, name_off, span_a, span_b):
+    """Record the value span of each known key of a `map<string, message>` in buf[a:b].
+
+    Protobuf map semantics: the last entry of a key wins (so does TensorFlow).
+    Returns OK or an error code.
+    """
+    pos = a
+    while pos < b:
+        fld, wt, pos = read_key(buf, pos, b)
+        if pos < 0:
+            return -pos
+        if fld != 1 or wt != LEN:
+            pos = skip_field(buf, pos, b, wt)
+            if pos < 0:
+                return -pos
+            continue
+        n, p = read_len(buf, pos, b)
+        if p < 0:
+            return -p
+        q = p + n
+        ka, kb, va, vb = -1, -1, q, q  # an absent value is the empty message
+        while p < q:
+            f2, w2, p = read_key(buf, p, q)
+            if p < 0:
+                return -p
+            if (f2 == 1 or f2 == 2) and w2 == LEN:
+                m, p = read_len(buf, p, q)
+                if p < 0:
+                    return -p
+                if f2 == 1:
+                    ka, kb = p, p + m
+                else:
+                    va, vb = p, p + m
+                p += m
+            else:
+                p = skip_field(buf, p, q, w2)
+                if p < 0:
+                    return -p
+        if ka >= 0:
+            k = match_key(buf, ka, kb, names, name_off)
+            if k >= 0:
+                span_a[k] = va
+                span_b[k] = vb
+        pos = q
+    return OK
+
+
+@njit
+def walk_record(buf, s, e, ctx_a, ctx_b, fl_a, fl_b):
+    """Walk one Example / SequenceExample: spans of the known keys.
+
+    Returns (status of the feature_lists walk, status). Field 1 (`features` /
+    `context`) and field 2 (`feature_lists`) may repeat: protobuf merges them,
+    later keys win. Field 2 is walked as feature lists, but a malformed one is
+    only an error for a frame-level record (for an `Example` it is an unknown
+    field: the real video-level shards carry an empty one).
+    """
+    ctx_a[:] = -1
+    ctx_b[:] = -1
+    fl_a[:] = -1
+    fl_b[:] = -1
+    fl_status = OK
+    pos = s
+    while pos < e:
+        fld, wt, pos = read_key(buf, pos, e)
+        if pos < 0:
+            return fl_status, -pos
+        if (fld == 1 or fld == 2) and wt == LEN:
+            n, p = read_len(buf, pos, e)
+            if p < 0:
+                return fl_status, -p
+            if fld == 1:
+                st = walk_map(buf, p, p + n, CTX_NAMES, CTX_NAME_OFF, ctx_a, ctx_b)
+                if st != OK:
+                    return fl_status, st
+            elif fl_status == OK:
+                fl_status = walk_map(buf, p, p + n, LIST_NAMES, LIST_NAME_OFF, fl_a, fl_b)
+            pos = p + n
+        else:
+            pos = skip_field(buf, pos, e, wt)
+            if pos < 0:
+                return fl_status, -pos
+    return fl_status, OK
+
+
+@njit
+def next_list(buf, pos, b, want):
+    """The next list of a Feature in buf[pos:b] (`want`: 1 bytes, 2 float, 3 int64).
+
+    Returns (start, end, position after it, status); start = -1 when no list is
+    left. A list of another kind is BAD_TYPE; unknown fields are skipped.
+    """
+    while pos < b:
+        fld, wt, pos = read_key(buf, pos, b)
+        if pos < 0:
+            return -1, -1, pos, -pos
+        if 1 <= fld <= 3 and wt == LEN:
+            if fld != want:
+                return -1, -1, pos, wire.BAD_TYPE
+            n, p = read_len(buf, pos, b)
+            if p < 0:
+                return -1, -1, p, -p
+            return p, p + n, p + n, OK
+        pos = skip_field(buf, pos, b, wt)
+        if pos < 0:
+            return -1, -1, pos, -pos
+    return -1, -1, pos, OK
+
+
+@njit
+def next_value(buf, p, q, wire_a, wire_b):
+    """Skip to the next `value` (field 1) of wire type wire_a or wire_b in a list buf[p:q].
+
+    Returns (its wire type, position of its payload); wire type -1 at the end
+    of the list, or with a negative position (-error code). Other fields skip.
+    """
+    while p < q:
+        fld, wt, p = read_key(buf, p, q)
+        if p < 0:
+            return -1, p
+        if fld == 1 and (wt == wire_a or wt == wire_b):
+            return wt, p
+        p = skip_field(buf, p, q, wt)
+        if p < 0:
+            return -1, p
+    return -1, p
+
+
+@njit
+def read_int64_feature(buf, a, b, out, o):
+    """Values of an Int64List Feature in buf[a:b] -> out[o:] (as uint64 bits).
+
+    Packed and unpacked values, repeated lists concatenate (protobuf merge).
+    Returns (count, status); values past the end of `out` are counted, not stored.
+    """
+    cap = out.shape[0]
+    count = 0
+    pos = a
+    while True:
+        p, q, pos, st = next_list(buf, pos, b, 3)
+        if st != OK or p < 0:
+            return count, st
+        while True:
+            wt, p = next_value(buf, p, q, VARINT, LEN)
+            if p < 0:
+                return count, -p
+            if wt < 0:
+                break
+            r = -1  # one unpacked value
+            if wt == LEN:  # packed: varints up to r
+                m, p = read_len(buf, p, q)
+                if p < 0:
+                    return count, -p
+                r = p + m
+            while p < r or r < 0:
+                v, p = read_varint(buf, p, q if r < 0 else r)
+                if p < 0:
+                    return count, -p
+                if o + count < cap:
+                    out[o + count] = v
+                count += 1
+                if r < 0:
+                    break
+
+
+@njit
+def read_float_feature(buf, a, b, out, o, cap):
+    """Values of a FloatList Feature in buf[a:b] -> out[4*o:] as raw little-endian bytes.
+
+    At most `cap` floats (counted from o) are stored. Returns (count, status).
+    """
+    count = 0
+    pos = a
+    while True:
+        p, q, pos, st = next_list(buf, pos, b, 2)
+        if st != OK or p < 0:
+            return count, st
+        while True:
+            wt, p = next_value(buf, p, q, I32, LEN)
+            if p < 0:
+                return count, -p
+            if wt < 0:
+                break
+            m = FLOAT_BYTES
+            if wt == LEN:  # packed
+                m, p = read_len(buf, p, q)
+                if p < 0:
+                    return count, -p
+                if m % FLOAT_BYTES:
+                    return count, wire.PACKED_FLOAT_LEN
+            elif m > q - p:
+                return count, wire.FIXED_PAST_END
+            k = m // FLOAT_BYTES
+            keep = min(k, max(cap - count, 0))
+            d = FLOAT_BYTES * (o + count)
+            out[d : d + FLOAT_BYTES * keep] = buf[p : p + FLOAT_BYTES * keep]
+            count += k
+            p += m
+
+
+@njit
+def read_bytes_feature(buf, a, b):
+    """A BytesList Feature in buf[a:b] -> (count, last value start, last value end, status)."""
+    count, va, vb = 0, a, a
+    pos = a
+    while True:
+        p, q, pos, st = next_list(buf, pos, b, 1)
+        if st != OK or p < 0:
+            return count, va, vb, st
+        while True:
+            wt, p = next_value(buf, p, q, LEN, LEN)
+            if p < 0:
+                return count, va, vb, -p
+            if wt < 0:
+                break
+            m, p = read_len(buf, p, q)
+            if p < 0:
+                return count, va, vb, -p
+            count += 1
+            va, vb = p, p + m
+            p += m
+
+
+@njit
+def walk_frame_list(buf, a, b, frames, f0, col0, width, size_code):
+    """A FeatureList of one-bytes-value Features -> frames[f0 + k, col0:col0 + width].
+
+    Returns (frame count, status, detail); rows past the end of `frames` are
+    counted, not stored.
+    """
+    cap = frames.shape[0]
+    count = 0
+    pos = a
+    while pos < b:
+        fld, wt, pos = read_key(buf, pos, b)
+        if pos < 0:
+            return count, -pos, 0
+        if fld == 1 and wt == LEN:
+            n, p = read_len(buf, pos, b)
+            if p < 0:
+                return count, -p, 0
+            nv, va, vb, st = read_bytes_feature(buf, p, p + n)
+            if st != OK:
+                return count, st, 0
+            if nv != 1:
+                return count, wire.FRAME_VALUES, nv
+            if vb - va != width:
+                return count, size_code, vb - va
+            row = f0 + count
+            if row < cap:
+                frames[row, col0 : col0 + width] = buf[va:vb]
+            count += 1
+            pos = p + n
+        else:
+            pos = skip_field(buf, pos, b, wt)
+            if pos < 0:
+                return count, -pos, 0
+    return count, OK, 0
+
+
+@njit
+def valid_utf8(buf, a, b):
+    """Whether buf[a:b] is strict UTF-8 (as Python's `bytes.decode` accepts it)."""
+    i = a
+    while i < b:
+        c = buf[i]
+        if c < 0x80:
+            i += 1
+            continue
+        lo, hi = 0x80, 0xBF
+        if 0xC2 <= c <= 0xDF:
+            n = 1
+        elif c == 0xE0:
+            n, lo = 2, 0xA0
+        elif 0xE1 <= c <= 0xEC or c == 0xEE or c == 0xEF:
+            n = 2
+        elif c == 0xED:
+            n, hi = 2, 0x9F
+        elif c == 0xF0:
+            n, lo = 3, 0x90
+        elif 0xF1 <= c <= 0xF3:
+            n = 3
+        elif c == 0xF4:
+            n, hi = 3, 0x8F
+        else:
+            return False
+        if i + n >= b:
+            return False
+        if buf[i + 1] < lo or buf[i + 1] > hi:
+            return False
+        for j in range(2, n + 1):
+            if buf[i + j] < 0x80 or buf[i + j] > 0xBF:
+                return False
+        i += n + 1
+    return True
+
+
+@njit
+def _fail(err, code, i, a, b, c, d):
+    err[0] = code
+    err[1] = i
+    err[2] = a
+    err[3] = b
+    err[4] = c
+    err[5] = d
+    return code
+
+
+@njit
+def decode_records(buf, starts, lengths, offsets, i0, frames, frame_off, id_bytes, id_off,
+                   labels, label_off, has_labels, seg_labels, seg_start, seg_end, seg_scores,
+                   seg_off, mean_rgb, mean_audio, record_off, cnt, err):
+    """Decode records i0.. of a chunk (`buf[starts[i]:starts[i] + lengths[i]]`).
+
+    Outputs (capacities from their shapes; V = videos so far = cnt[C_VIDEOS]):
+    frames (Fcap, 1152) uint8; frame_off/id_off/label_off/seg_off (Vcap+1,) int64
+    end offsets written at [v + 1]; id_bytes (Bcap,) uint8; labels/seg_labels/
+    seg_start/seg_end (Lcap,)/(Scap,) uint64 (int64 bits); seg_scores (4*Scap,)
+    uint8 (float32 bytes); has_labels (Vcap,) bool; mean_rgb (Vcap, 4096) and
+    mean_audio (Vcap, 512) uint8 (float32 bytes); record_off (Vcap,) int64.
+    `cnt` holds the committed counters (C_*), advanced only when a record is
+    complete, so a failed record leaves no trace. Returns OK, an error code
+    (err = [code, record index, details...]) or OUT_OF_SPACE (err[2] = buffer,
+    err[3] = the size it needs).
+    """
+    n_ctx = CTX_NAME_OFF.shape[0] - 1
+    ctx_a = np.empty(n_ctx, np.int64)
+    ctx_b = np.empty(n_ctx, np.int64)
+    fl_a = np.empty(2, np.int64)
+    fl_b = np.empty(2, np.int64)
+    for i in range(i0, starts.shape[0]):
+        v, f, nb = cnt[C_VIDEOS], cnt[C_FRAMES], cnt[C_ID_BYTES]
+        nl, ns = cnt[C_LABELS], cnt[C_SEGMENTS]
+        s = starts[i]
+        fl_status, st = walk_record(buf, s, s + lengths[i], ctx_a, ctx_b, fl_a, fl_b)
+        if st != OK:
+            return _fail(err, st, i, 0, 0, 0, -1)
+        kind = KIND_VIDEO if ctx_a[K_MEAN_RGB] >= 0 or ctx_a[K_MEAN_AUDIO] >= 0 else KIND_FRAME
+        if kind == KIND_FRAME and fl_status != OK:
+            return _fail(err, fl_status, i, 0, 0, 0, -1)
+        if cnt[C_KIND] != KIND_NONE and kind != cnt[C_KIND]:
+            return _fail(err, wire.MIXED_KIND, i, kind, cnt[C_KIND], 0, -1)
+        # id: exactly one bytes value
+        if ctx_a[K_ID] < 0:
+            return _fail(err, wire.ID_COUNT, i, 0, 0, 0, -1)
+        nv, va, vb, st = read_bytes_feature(buf, ctx_a[K_ID], ctx_b[K_ID])
+        if st != OK:
+            return _fail(err, st, i, 0, 0, 0, K_ID)
+        if nv != 1:
+            return _fail(err, wire.ID_COUNT, i, nv, 0, 0, -1)
+        if not valid_utf8(buf, va, vb):
+            return _fail(err, wire.ID_UTF8, i, 0, 0, 0, -1)
+        if nb + (vb - va) > id_bytes.shape[0]:
+            return _fail(err, wire.OUT_OF_SPACE, i, B_ID_BYTES, nb + (vb - va), 0, 0)
+        id_bytes[nb : nb + (vb - va)] = buf[va:vb]
+        # labels (absent in test records)
+        n_lab = 0
+        if ctx_a[K_LABELS] >= 0:
+            n_lab, st = read_int64_feature(buf, ctx_a[K_LABELS], ctx_b[K_LABELS], labels, nl)
+            if st != OK:
+                return _fail(err, st, i, 0, 0, 0, K_LABELS)
+            if nl + n_lab > labels.shape[0]:
+                return _fail(err, wire.OUT_OF_SPACE, i, B_LABELS, nl + n_lab, 0, 0)
+        # rated segments: equal lengths; end times optional
+        st, n_seg, _ = _read_segments(buf, ctx_a, ctx_b, seg_labels, seg_start, seg_end,
+                                         seg_scores, ns, err, i)
+        if st != OK:
+            return st
+        # features
+        n_fr = 0
+        if kind == KIND_VIDEO:
+            st = _read_mean(buf, ctx_a, ctx_b, K_MEAN_RGB, mean_rgb[v], RGB_BYTES, err, i)
+            if st != OK:
+                return st
+            st = _read_mean(buf, ctx_a, ctx_b, K_MEAN_AUDIO, mean_audio[v], AUDIO_BYTES, err, i)
+            if st != OK:
+                return st
+        else:
+            n_fr, st = _read_frames(buf, fl_a, fl_b, frames, f, err, i)
+            if st != OK:
+                return st
+        # commit
+        has_labels[v] = ctx_a[K_LABELS] >= 0
+        record_off[v] = offsets[i]
+        frame_off[v + 1] = f + n_fr
+        id_off[v + 1] = nb + (vb - va)
+        label_off[v + 1] = nl + n_lab
+        seg_off[v + 1] = ns + n_seg
+        cnt[C_VIDEOS] = v + 1
+        cnt[C_FRAMES] = f + n_fr
+        cnt[C_ID_BYTES] = nb + (vb - va)
+        cnt[C_LABELS] = nl + n_lab
+        cnt[C_SEGMENTS] = ns + n_seg
+        cnt[C_KIND] = kind
+    return OK
+
+
+@njit
+def _read_segments(buf, ctx_a, ctx_b, seg_labels, seg_start, seg_end, seg_scores, ns, err, i):
+    """The four segment features of a record -> (status, n segments, 0)."""
+    cap = seg_labels.shape[0] - ns
+    counts = np.zeros(4, np.int64)
+    keys = (K_SEG_LABELS, K_SEG_START, K_SEG_SCORES, K_SEG_END)
+    for j in range(4):
+        k = keys[j]
+        if ctx_a[k] < 0:
+            continue
+        if k == K_SEG_SCORES:
+            c, st = read_float_feature(buf, ctx_a[k], ctx_b[k], seg_scores, ns, max(cap, 0))
+        elif k == K_SEG_LABELS:
+            c, st = read_int64_feature(buf, ctx_a[k], ctx_b[k], seg_labels, ns)
+        elif k == K_SEG_START:
+            c, st = read_int64_feature(buf, ctx_a[k], ctx_b[k], seg_start, ns)
+        else:
+            c, st = read_int64_feature(buf, ctx_a[k], ctx_b[k], seg_end, ns)
+        if st != OK:
+            return _fail(err, st, i, 0, 0, 0, k), 0, 0
+        counts[j] = c
+    n = counts[0]
+    has_end = ctx_a[K_SEG_END] >= 0
+    if counts[1] != n or counts[2] != n or (has_end and counts[3] != n):
+        e = counts[3] if has_end else -1
+        return _fail(err, wire.SEG_MISMATCH, i, counts[0], counts[1], counts[2], e), 0, 0
+    if n > cap:
+        return _fail(err, wire.OUT_OF_SPACE, i, B_SEGMENTS, ns + n, 0, 0), 0, 0
+    if not has_end:
+        seg_end[ns : ns + n] = wire.U64_MAX  # -1: the record has no end times
+    return OK, n, 0
+
+
+@njit
+def _read_mean(buf, ctx_a, ctx_b, k, row, want, err, i):
+    """mean_rgb (1024 floats) or mean_audio (128 floats) of a video-level record."""
+    if ctx_a[k] < 0:
+        return _fail(err, wire.MEAN_MISSING, i, 0, 0, 0, k)
+    c, st = read_float_feature(buf, ctx_a[k], ctx_b[k], row, 0, want)
+    if st != OK:
+        return _fail(err, st, i, 0, 0, 0, k)
+    if c != want:
+        return _fail(err, wire.MEAN_SIZE, i, c, want, 0, k)
+    return OK
+
+
+@njit
+def _read_frames(buf, fl_a, fl_b, frames, f, err, i):
+    """rgb and audio feature lists -> frames[f:f + n]; returns (n, status)."""
+    n_rgb = 0
+    n_audio = 0
+    if fl_a[L_RGB] >= 0:
+        n_rgb, st, d = walk_frame_list(buf, fl_a[L_RGB], fl_b[L_RGB], frames, f, 0, RGB_BYTES,
+                                       wire.RGB_SIZE)
+        if st != OK:
+            return 0, _fail(err, st, i, d, d, L_RGB, -1)
+    if fl_a[L_AUDIO] >= 0:
+        n_audio, st, d = walk_frame_list(buf, fl_a[L_AUDIO], fl_b[L_AUDIO], frames, f,
+                                         RGB_BYTES, AUDIO_BYTES, wire.AUDIO_SIZE)
+        if st != OK:
+            return 0, _fail(err, st, i, d, d, L_AUDIO, -1)
+    if n_rgb != n_audio:
+        return 0, _fail(err, wire.FRAME_MISMATCH, i, n_rgb, n_audio, 0, -1)
+    if f + n_rgb > frames.shape[0]:
+        return 0, _fail(err, wire.OUT_OF_SPACE, i, B_FRAMES, f + n_rgb, 0, 0)
+    return n_rgb, OK
+
+
+# ---------------------------------------------------------------- Python side
+
+
+def describe(err: np.ndarray, shard_kind: int) -> str:
+    """The one-line reason for an error returned by `decode_records`."""
+    code, _, a, b, c, d = (int(x) for x in err)
+    text = wire.MESSAGES.get(code, f"error code {code}")
+    key = CTX_KEYS[d] if 0 <= d < len(CTX_KEYS) else "?"
+    text = text.format(a=a, b=b, c=c, d=d, key=key,
+                       list=LIST_KEYS[c] if 0 <= c < len(LIST_KEYS) else "?",
+                       kind=KIND_NAMES.get(a, "?"), shard_kind=KIND_NAMES.get(b, "?"))
+    if code < wire.BAD_TYPE and 0 <= d < len(CTX_KEYS):
+        text += f" (in feature '{key}')"
+    return text
+
+
+class _Outputs:
+    """The decoder's output buffers: allocated once, grown (never shrunk) on demand."""
+
+    def __init__(self) -> None:
+        self.n_records = -1
+        self.frames = np.empty((0, FRAME_BYTES), np.uint8)
+        self.id_bytes = np.empty(0, np.uint8)
+        self.labels = np.empty(0, np.uint64)
+        self.seg = [np.empty(0, np.uint64) for _ in range(3)]  # labels, start, end
+        self.seg_scores = np.empty(0, np.uint8)
+
+    def reserve(self, n_records: int, data_bytes: int) -> None:
+        """Room for `n_records` records holding `data_bytes` bytes of protobuf."""
+        if n_records > self.n_records:
+            cap = max(n_records, 2 * max(self.n_records, 0))
+            self.offsets = [np.zeros(cap + 1, np.int64) for _ in range(4)]
+            self.has_labels = np.zeros(cap, bool)
+            self.record_off = np.zeros(cap, np.int64)
+            self.mean_rgb = np.zeros((cap, RGB_BYTES * FLOAT_BYTES), np.uint8)
+            self.mean_audio = np.zeros((cap, AUDIO_BYTES * FLOAT_BYTES), np.uint8)
+            self.n_records = cap
+        # a valid frame takes more than FRAME_BYTES of protobuf: this bound never grows later
+        self._at_least("frames", data_bytes // FRAME_BYTES + 1)
+        self._at_least("id_bytes", 16 * n_records)
+        self._at_least("labels", 8 * n_records)
+        self._at_least("seg", 8 * n_records)
+
+    def grow(self, which: int, need: int) -> None:
+        name = {B_FRAMES: "frames", B_ID_BYTES: "id_bytes", B_LABELS: "labels",
+                B_SEGMENTS: "seg"}[which]
+        self._at_least(name, max(need, 2 * self._size(name)))
+
+    def _size(self, name: str) -> int:
+        return len(self.seg[0]) if name == "seg" else len(getattr(self, name))
+
+    def _at_least(self, name: str, n: int) -> None:
+        if self._size(name) >= n:
+            return
+        if name == "seg":  # contents are rewritten from the record that ran out of space
+            self.seg = [np.empty(n, np.uint64) for _ in range(3)]
+            self.seg_scores = np.empty(FLOAT_BYTES * n, np.uint8)
+        else:
+            old = getattr(self, name)
+            setattr(self, name, np.empty((n,) + old.shape[1:], old.dtype))
+        # committed values of earlier records are needed: callers grow before the chunk's
+        # first record (reserve) or copy back via _keep (grow during a chunk)
+
+
+class ShardDecoder:
+    """Decodes shards into reused columnar buffers (see the module docstring).
+
+    on_error="fail" raises `ShardError` at the first bad record; "skip-record"
+    leaves out records whose data CRC fails or whose protobuf is malformed and
+    lists them in `DecodedShard.skipped`. A corrupt length, a truncated file
+    and a shard mixing frame- and video-level records always raise.
+    """
+
+    def __init__(self, on_error: str = "fail") -> None:
+        if on_error not in ON_ERROR:
+            raise ValueError(f"on_error must be one of {ON_ERROR}, not {on_error!r}")
+        self.on_error = on_error
+        self._raw = np.empty(0, np.uint8)
+        self._out = _Outputs()
+        self._cnt = np.zeros(N_COUNTERS, np.int64)
+        self._err = np.zeros(6, np.int64)
+
+    def iter_chunks(self, path: str | os.PathLike,
+                    chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> Iterator[DecodedShard]:
+        """Consecutive runs of whole records of `path`, about `chunk_bytes` of file each.
+
+        Every chunk's arrays are views into this decoder's buffers, valid until
+        the next iteration. A record larger than `chunk_bytes` gets a chunk of its own.
+        """
+        path = os.fspath(path)
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            limit0 = max(1, min(chunk_bytes, size))
+            filled, file_off, record, kind = 0, 0, 0, KIND_NONE
+            limit = limit0
+            while file_off < size:
+                if len(self._raw) < limit:
+                    self._grow_raw(limit, filled)
+                filled += _fill(f, self._raw, filled, limit)
+                spans = scan_records(self._raw, filled, path=path, file_offset=file_off,
+                                     first_record=record, file_size=size,
+                                     skip_bad_crc=self.on_error == "skip-record")
+                if spans.n_records == 0:  # the next record is larger than the buffer
+                    limit = spans.need
+                    continue
+                chunk, kind = self._decode_spans(path, spans, kind)
+                yield chunk
+                rest = filled - spans.consumed
+                self._raw[:rest] = self._raw[spans.consumed : filled]
+                filled, file_off, record = rest, file_off + spans.consumed, record + spans.n_records
+                limit = limit0
+
+    def decode(self, path: str | os.PathLike) -> DecodedShard:
+        """The whole shard in one chunk (views into this decoder's buffers)."""
+        size = os.path.getsize(path)
+        chunks = list(self.iter_chunks(path, chunk_bytes=max(size, 1)))
+        if not chunks:
+            return _empty(os.fspath(path))
+        assert len(chunks) == 1
+        return chunks[0]
+
+    def _grow_raw(self, n: int, keep: int) -> None:
+        new = np.empty(n, np.uint8)
+        new[:keep] = self._raw[:keep]
+        self._raw = new
+
+    def _decode_spans(self, path: str, spans, kind: int) -> tuple[DecodedShard, int]:
+        out, cnt, err = self._out, self._cnt, self._err
+        out.reserve(len(spans.starts), spans.consumed)
+        cnt[:] = 0
+        cnt[C_KIND] = kind
+        skipped = [(r, off, "data CRC mismatch (corrupt record)") for r, off in spans.bad_crc]
+        i = 0
+        while True:
+            st = self._call(spans, i)
+            if st == OK:
+                break
+            i = int(err[1])
+            if st == wire.OUT_OF_SPACE:
+                self._grow_keep(int(err[2]), int(err[3]))
+                continue
+            rec, off = int(spans.numbers[i]), int(spans.offsets[i])
+            reason = describe(err, int(cnt[C_KIND]))
+            if self.on_error == "fail" or st == wire.MIXED_KIND:
+                raise ShardError(path, rec, off, reason)
+            skipped.append((rec, off, reason))
+            i += 1
+        skipped.sort()
+        return self._views(path, skipped), int(cnt[C_KIND])
+
+    def _call(self, spans, i0: int) -> int:
+        o = self._out
+        fo, io, lo, so = o.offsets
+        return decode_records(self._raw, spans.starts, spans.lengths, spans.offsets, i0,
+                              o.frames, fo, o.id_bytes, io, o.labels, lo, o.has_labels,
+                              o.seg[0], o.seg[1], o.seg[2], o.seg_scores, so,
+                              o.mean_rgb, o.mean_audio, o.record_off, self._cnt, self._err)
+
+    def _grow_keep(self, which: int, need: int) -> None:
+        """Grow one output buffer during a chunk, keeping the values already committed."""
+        o, cnt = self._out, self._cnt
+        if which == B_SEGMENTS:
+            n = int(cnt[C_SEGMENTS])
+            old = [a[:n].copy() for a in o.seg], o.seg_scores[: FLOAT_BYTES * n].copy()
+            o.grow(which, need)
+            for a, b in zip(o.seg, old[0]):
+                a[:n] = b
+            o.seg_scores[: FLOAT_BYTES * n] = old[1]
+            return
+        name, used = {B_FRAMES: ("frames", C_FRAMES), B_ID_BYTES: ("id_bytes", C_ID_BYTES),
+                      B_LABELS: ("labels", C_LABELS)}[which]
+        n = int(cnt[used])
+        old = getattr(o, name)[:n].copy()
+        o.grow(which, need)
+        getattr(o, name)[:n] = old
+
+    def _views(self, path: str, skipped: list) -> DecodedShard:
+        o, cnt = self._out, self._cnt
+        v, f, nl, ns = (int(cnt[k]) for k in (C_VIDEOS, C_FRAMES, C_LABELS, C_SEGMENTS))
+        fo, io, lo, so = (a[: v + 1] for a in o.offsets)
+        id_raw = o.id_bytes[: int(cnt[C_ID_BYTES])].tobytes()
+        bounds = io.tolist()
+        kind = KIND_NAMES[int(cnt[C_KIND])]
+        shard = DecodedShard(
+            path=path,
+            kind=kind,
+            ids=[id_raw[a:b].decode() for a, b in itertools.pairwise(bounds)],
+            record_offsets=o.record_off[:v],
+            frame_offsets=fo,
+            frames=o.frames[:f],
+            has_labels=o.has_labels[:v],
+            label_offsets=lo,
+            labels=o.labels[:nl].view(np.int64),
+            segment_offsets=so,
+            segment_labels=o.seg[0][:ns].view(np.int64),
+            segment_start_times=o.seg[1][:ns].view(np.int64),
+            segment_end_times=o.seg[2][:ns].view(np.int64),
+            segment_scores=o.seg_scores[: FLOAT_BYTES * ns].view("<f4"),
+            skipped=skipped,
+        )
+        if kind == "video":
+            shard.mean_rgb = o.mean_rgb[:v].view("<f4")
+            shard.mean_audio = o.mean_audio[:v].view("<f4")
+        return shard
+
+
+def _fill(f, buf: np.ndarray, start: int, stop: int) -> int:
+    """Read from `f` into buf[start:stop] until full or end of file; returns bytes read."""
+    view = memoryview(buf)[start:stop]
+    got = 0
+    while got < len(view):
+        n = f.readinto(view[got:])
+        if not n:
+            break
+        got += n
+    return got
+
+
+def _empty(path: str) -> DecodedShard:
+    z = np.zeros(0, np.int64)
+    return DecodedShard(path=path, kind="frame", ids=[], record_offsets=z,
+                        frame_offsets=np.zeros(1, np.int64),
+                        frames=np.zeros((0, FRAME_BYTES), np.uint8), has_labels=np.zeros(0, bool),
+                        label_offsets=np.zeros(1, np.int64), labels=z,
+                        segment_offsets=np.zeros(1, np.int64), segment_labels=z,
+                        segment_start_times=z, segment_end_times=z,
+                        segment_scores=np.zeros(0, np.float32))
+
+
+def decode_shard(path: str | os.PathLike, on_error: str = "fail") -> DecodedShard:
+    """Decode a whole shard with a fresh decoder: the arrays belong to the result alone."""
+    return ShardDecoder(on_error).decode(path)
