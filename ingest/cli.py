@@ -16,3 +16,9 @@ def main() -> None:
 from ingest.cli_synth import synth
 
 main.add_command(synth)
+
+from ingest.cli_convert import convert_cmd, info_cmd, verify_cmd
+
+main.add_command(convert_cmd)
+main.add_command(info_cmd)
+main.add_command(verify_cmd)

@@ -1,0 +1,329 @@
+"""Write one store part from a stream of decoded chunks (docs/store.md).
+
+`PartWriter` consumes `DecodedShard` chunks of consecutive whole records and writes,
+into a (temporary) part directory:
+
+- `frames.zarr`   Zarr v3 `(n_frames, 1152)` uint8, sharding codec, no compression;
+- `windows.zarr`  Zarr v3 `(n_rated, 11, 1152)` uint8, the expanded rated-segment windows;
+- `videos.parquet`, `segments.parquet`, `candidates.parquet`, `video_level.parquet`;
+- `negatives.npy` `(V, 125)` uint8, packed mined negatives (paper §3.6).
+
+Memory is bounded whatever the shard size: frames and windows go through one
+shard-sized buffer each (allocated once per process and reused), written out as a
+complete Zarr shard file whenever it fills. The shard files are written here
+directly (uncompressed inner chunks back to back, then the index: (offset, nbytes)
+uint64 pairs and their CRC-32C, as the Zarr v3 sharding codec specifies) so no
+per-shard buffer is allocated; `zarr.json` is written last with the final shape.
+"""
+from __future__ import annotations
+
+import json
+import os
+import zlib
+from pathlib import Path
+
+import google_crc32c
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ingest import segments as seg
+from ingest.video import AUDIO_BYTES, FRAME_BYTES, RGB_BYTES, DecodedShard
+from ingest.vocab import to_class_index
+
+N_FOLDS = 8  # folds 0..7 for cross-validation, a stable function of the shard's name
+FRAME_CHUNK_ROWS = 512  # frames per inner Zarr chunk (590 KB); chosen by measurement, docs/store.md
+FRAME_SHARD_ROWS = 16384  # frames per Zarr shard file (18.9 MB)
+WINDOW_CHUNK_ROWS = 64  # windows per inner chunk (811 KB)
+WINDOW_SHARD_ROWS = 1024  # windows per shard file (13 MB)
+_NO_CHUNK = np.uint64(2**64 - 1)  # index entry of an absent inner chunk (sharding codec)
+_BUFFERS: dict[tuple, np.ndarray] = {}  # per-process reused buffers (first touch is slow)
+
+
+def fold_of(source_name: str) -> int:
+    """Fold 0..7 of a shard: CRC-32 of its base name mod 8 (stable across runs and machines)."""
+    return zlib.crc32(os.path.basename(source_name).encode()) % N_FOLDS
+
+
+def _buffer(shape: tuple) -> np.ndarray:
+    if shape not in _BUFFERS:
+        _BUFFERS[shape] = np.zeros(shape, np.uint8)
+    return _BUFFERS[shape]
+
+
+def zarr_metadata(shape: tuple, chunk_rows: int, shard_rows: int) -> dict:
+    """`zarr.json` of a uint8 array sharded along axis 0, uncompressed inner chunks."""
+    rest = list(shape[1:])
+    return {
+        "zarr_format": 3, "node_type": "array", "shape": list(shape), "data_type": "uint8",
+        "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": [shard_rows, *rest]}},
+        "chunk_key_encoding": {"name": "default", "configuration": {"separator": "/"}},
+        "fill_value": 0,
+        "codecs": [{"name": "sharding_indexed", "configuration": {
+            "chunk_shape": [chunk_rows, *rest],
+            "codecs": [{"name": "bytes"}],
+            "index_codecs": [{"name": "bytes", "configuration": {"endian": "little"}},
+                             {"name": "crc32c"}],
+            "index_location": "end"}}],
+        "attributes": {}, "storage_transformers": [],
+    }
+
+
+class ShardedArrayWriter:
+    """Append rows of shape `row_shape` (uint8) to a Zarr v3 sharded array, streaming.
+
+    Rows collect in one `(shard_rows, *row_shape)` buffer; a full buffer becomes the
+    shard file `c/<k>/0[/0]`. `close()` writes the last partial shard (its last inner
+    chunk zero padded, absent chunks marked in the index) and `zarr.json`.
+    """
+
+    def __init__(self, path: Path, row_shape: tuple, chunk_rows: int, shard_rows: int):
+        assert shard_rows % chunk_rows == 0
+        self.path, self.row_shape = Path(path), tuple(row_shape)
+        self.chunk_rows, self.shard_rows = chunk_rows, shard_rows
+        self.buf = _buffer((shard_rows, *row_shape))
+        self.fill = 0  # rows in the buffer
+        self.n_rows = 0  # rows written in full shards
+        self.n_shards = 0
+        self.path.mkdir(parents=True)
+
+    def append(self, rows: np.ndarray) -> None:
+        """rows: (n, *row_shape) uint8."""
+        i = 0
+        while i < len(rows):
+            take = min(len(rows) - i, self.shard_rows - self.fill)
+            self.buf[self.fill : self.fill + take] = rows[i : i + take]
+            self.fill += take
+            i += take
+            if self.fill == self.shard_rows:
+                self._flush()
+
+    def _flush(self) -> None:
+        n_chunks = self.shard_rows // self.chunk_rows
+        used = -(-self.fill // self.chunk_rows)  # inner chunks holding data
+        self.buf[self.fill : used * self.chunk_rows] = 0  # zero pad the last inner chunk
+        chunk_bytes = self.chunk_rows * int(np.prod(self.row_shape))
+        index = np.full((n_chunks, 2), _NO_CHUNK, np.uint64)
+        index[:used, 0] = np.arange(used, dtype=np.uint64) * np.uint64(chunk_bytes)
+        index[:used, 1] = chunk_bytes
+        key = self.path / "c" / str(self.n_shards) / "/".join("0" * len(self.row_shape))
+        key.parent.mkdir(parents=True, exist_ok=True)
+        raw = index.astype("<u8").tobytes()
+        with open(key, "wb") as f:
+            f.write(self.buf[: used * self.chunk_rows].data)
+            f.write(raw)
+            f.write(google_crc32c.value(raw).to_bytes(4, "little"))
+        self.n_rows += self.fill
+        self.n_shards += 1
+        self.fill = 0
+
+    def close(self) -> int:
+        """Write the last shard and the metadata; returns the number of rows."""
+        if self.fill:
+            self._flush()
+        meta = zarr_metadata((self.n_rows, *self.row_shape), self.chunk_rows, self.shard_rows)
+        (self.path / "zarr.json").write_text(json.dumps(meta, indent=2))
+        return self.n_rows
+
+
+class PartWriter:
+    """Write one part (one source shard) into directory `path` from decoded chunks."""
+
+    def __init__(self, path: Path, part: str, source: str):
+        self.path, self.part, self.source = Path(path), part, os.path.basename(source)
+        self.fold = fold_of(source)
+        self.frames = ShardedArrayWriter(self.path / "frames.zarr", (FRAME_BYTES,),
+                                         FRAME_CHUNK_ROWS, FRAME_SHARD_ROWS)
+        self.windows = ShardedArrayWriter(self.path / "windows.zarr",
+                                          (seg.WINDOW_FRAMES, FRAME_BYTES),
+                                          WINDOW_CHUNK_ROWS, WINDOW_SHARD_ROWS)
+        self.tables = {name: [] for name in ("videos", "segments", "candidates", "video_level")}
+        self.negatives: list[np.ndarray] = []
+        self.skipped: list[dict] = []
+        self.n_videos = self.n_frame_videos = self.n_records = 0
+
+    # ------------------------------------------------------------ per chunk
+    def add(self, chunk: DecodedShard) -> None:
+        """Append one decoded chunk (consecutive whole records of the shard)."""
+        for rec, off, reason in getattr(chunk, "skipped", ()) or ():
+            self.skipped.append({"record": int(rec), "offset": int(off), "reason": str(reason)})
+        v = chunk.n_videos
+        if v == 0:
+            return
+        records = self._record_numbers(v)
+        if chunk.kind == "video":
+            self._add_video_level(chunk, records)
+        else:
+            self._add_frame_level(chunk, records)
+        self.n_videos += v
+
+    def _record_numbers(self, v: int) -> np.ndarray:
+        """Record numbers of the next v videos: consecutive, jumping over skipped records."""
+        skipped = {s["record"] for s in self.skipped}
+        out = np.empty(v, np.int32)
+        r, i = self.n_records, 0
+        while i < v:
+            if r not in skipped:
+                out[i] = r
+                i += 1
+            r += 1
+        self.n_records = r
+        return out
+
+    def _labels(self, chunk: DecodedShard):
+        lab = pa.ListArray.from_arrays(pa.array(chunk.label_offsets.astype(np.int32)),
+                                       pa.array(chunk.labels.astype(np.int32)))
+        cls = to_class_index(chunk.labels)
+        keep = cls >= 0
+        video = np.repeat(np.arange(chunk.n_videos), np.diff(chunk.label_offsets))
+        cls_off = np.searchsorted(video[keep], np.arange(chunk.n_videos + 1)).astype(np.int32)
+        classes = pa.ListArray.from_arrays(pa.array(cls_off), pa.array(cls[keep]))
+        return lab, classes
+
+    def _common(self, chunk: DecodedShard, records: np.ndarray, first: int) -> dict:
+        v = chunk.n_videos
+        lab, classes = self._labels(chunk)
+        return {
+            "video_index": pa.array(np.arange(first, first + v, dtype=np.int32)),
+            "video_id": pa.array(chunk.ids, pa.string()),
+            "labels": lab, "class_indices": classes,
+            "has_labels": pa.array(np.asarray(chunk.has_labels, bool)),
+            "part": pa.array([self.part] * v, pa.string()),
+            "source": pa.array([self.source] * v, pa.string()),
+            "record": pa.array(records),
+            "record_offset": pa.array(np.asarray(chunk.record_offsets, np.int64)),
+            "fold": pa.array(np.full(v, self.fold, np.int8)),
+        }
+
+    def _add_video_level(self, chunk: DecodedShard, records: np.ndarray) -> None:
+        first = sum(len(t) for t in self.tables["video_level"])
+        cols = self._common(chunk, records, first)
+        for name, width in (("mean_rgb", RGB_BYTES), ("mean_audio", AUDIO_BYTES)):
+            flat = pa.array(np.ascontiguousarray(getattr(chunk, name), np.float32).ravel())
+            cols[name] = pa.FixedSizeListArray.from_arrays(flat, width)
+        self.tables["video_level"].append(pa.table(cols))
+
+    def _add_frame_level(self, chunk: DecodedShard, records: np.ndarray) -> None:
+        first = self.n_frame_videos
+        v = chunk.n_videos
+        fo = np.asarray(chunk.frame_offsets, np.int64)
+        n_frames = np.diff(fo)
+        cols = self._common(chunk, records, first)
+        cols["frame_offset"] = pa.array(fo[:-1] + self.frames.n_rows + self.frames.fill)
+        cols["n_frames"] = pa.array(n_frames.astype(np.int32))
+        so = np.asarray(chunk.segment_offsets, np.int64)
+        cols["n_rated"] = pa.array(np.diff(so).astype(np.int32))
+        self.tables["videos"].append(pa.table(cols))
+        self.negatives.append(seg.negatives(chunk.label_offsets, chunk.labels, so,
+                                            chunk.segment_labels, chunk.has_labels).copy())
+        self._add_segments(chunk, first, fo, n_frames, so)
+        self._add_candidates(chunk, first, n_frames)
+        self.frames.append(chunk.frames[: fo[-1]])
+        self.n_frame_videos += v
+
+    def _add_segments(self, chunk, first, fo, n_frames, so) -> None:
+        s = int(so[-1])
+        if s == 0:
+            return
+        video = np.repeat(np.arange(chunk.n_videos, dtype=np.int64), np.diff(so))
+        starts = np.asarray(chunk.segment_start_times[:s], np.int64)
+        nf = n_frames[video]
+        lo, hi, pl, pr = seg.window_spans(starts, nf)
+        win = seg.gather_windows(chunk.frames, fo[video], lo, hi, pl,
+                                 out=_buffer_windows(s))
+        window_first = self.windows.n_rows + self.windows.fill
+        self.windows.append(win)
+        ids = np.asarray(chunk.ids, object)[video]
+        labels = np.asarray(chunk.segment_labels[:s], np.int64)
+        self.tables["segments"].append(pa.table({
+            "video_index": pa.array((video + first).astype(np.int32)),
+            "video_id": pa.array(ids, pa.string()),
+            "start_time": pa.array(starts.astype(np.int32)),
+            "end_time": pa.array(np.asarray(chunk.segment_end_times[:s]).astype(np.int32)),
+            "label": pa.array(labels.astype(np.int32)),
+            "class_index": pa.array(to_class_index(labels)),
+            "score": pa.array(np.asarray(chunk.segment_scores[:s], np.float32)),
+            "window_index": pa.array(np.arange(window_first, window_first + s, dtype=np.int32)),
+            "window_lo": pa.array(lo), "window_hi": pa.array(hi),
+            "pad_left": pa.array(pl.astype(np.int8)), "pad_right": pa.array(pr.astype(np.int8)),
+            "outside_video": pa.array(seg.outside_video(starts, nf)),
+        }))
+
+    def _add_candidates(self, chunk, first, n_frames) -> None:
+        video, index = seg.candidates(n_frames)
+        if len(video) == 0:
+            return
+        starts = index.astype(np.int64) * seg.SEGMENT_FRAMES
+        lo, hi, pl, pr = seg.window_spans(starts, n_frames[video])
+        self.tables["candidates"].append(pa.table({
+            "video_index": pa.array(video + np.int32(first)),
+            "video_id": pa.array(np.asarray(chunk.ids, object)[video], pa.string()),
+            "segment_index": pa.array(index.astype(np.int16)),
+            "start_time": pa.array(starts.astype(np.int32)),
+            "window_lo": pa.array(lo), "window_hi": pa.array(hi),
+            "pad_left": pa.array(pl.astype(np.int8)), "pad_right": pa.array(pr.astype(np.int8)),
+        }))
+
+    # ------------------------------------------------------------ finish
+    def close(self) -> dict:
+        """Write the tables and array metadata; returns the part's counts."""
+        n_frames = self.frames.close()
+        n_windows = self.windows.close()
+        tables = {name: _concat(parts, SCHEMAS[name]) for name, parts in self.tables.items()}
+        for name, table in tables.items():
+            pq.write_table(table, self.path / f"{name}.parquet")
+        neg = (np.concatenate(self.negatives) if self.negatives
+               else np.zeros((0, seg.NEGATIVE_BYTES), np.uint8))
+        np.save(self.path / "negatives.npy", neg)
+        segs = tables["segments"]
+        return {
+            "videos": tables["videos"].num_rows,
+            "video_level": tables["video_level"].num_rows,
+            "frames": n_frames,
+            "rated_segments": n_windows,
+            "positives": int(np.sum(np.asarray(segs["score"]) > 0)),
+            "outside_video": int(np.sum(np.asarray(segs["outside_video"]))),
+            "unknown_class": int(np.sum(np.asarray(segs["class_index"]) < 0)),
+            "candidates": tables["candidates"].num_rows,
+            "skipped_records": len(self.skipped),
+        }
+
+
+def _buffer_windows(n: int) -> np.ndarray:
+    """A reused (≥n, 11, 1152) buffer for one chunk's windows (grows by doubling)."""
+    cur = _BUFFERS.get("windows")
+    if cur is None or len(cur) < n:
+        cur = np.empty((max(n, 2 * (0 if cur is None else len(cur)), 256),
+                        seg.WINDOW_FRAMES, FRAME_BYTES), np.uint8)
+        _BUFFERS["windows"] = cur
+    return cur
+
+
+def _concat(parts: list, schema: pa.Schema) -> pa.Table:
+    if not parts:
+        return schema.empty_table()
+    return pa.concat_tables(parts).cast(schema)
+
+
+_COMMON = [
+    ("video_index", pa.int32()), ("video_id", pa.string()), ("labels", pa.list_(pa.int32())),
+    ("class_indices", pa.list_(pa.int16())), ("has_labels", pa.bool_()), ("part", pa.string()),
+    ("source", pa.string()), ("record", pa.int32()), ("record_offset", pa.int64()),
+    ("fold", pa.int8()),
+]
+_WINDOW = [("window_lo", pa.int32()), ("window_hi", pa.int32()), ("pad_left", pa.int8()),
+           ("pad_right", pa.int8())]
+SCHEMAS = {
+    "videos": pa.schema(_COMMON + [("frame_offset", pa.int64()), ("n_frames", pa.int32()),
+                                   ("n_rated", pa.int32())]),
+    "video_level": pa.schema(_COMMON + [("mean_rgb", pa.list_(pa.float32(), RGB_BYTES)),
+                                        ("mean_audio", pa.list_(pa.float32(), AUDIO_BYTES))]),
+    "segments": pa.schema([
+        ("video_index", pa.int32()), ("video_id", pa.string()), ("start_time", pa.int32()),
+        ("end_time", pa.int32()), ("label", pa.int32()), ("class_index", pa.int16()),
+        ("score", pa.float32()), ("window_index", pa.int32())] + _WINDOW
+        + [("outside_video", pa.bool_())]),
+    "candidates": pa.schema([
+        ("video_index", pa.int32()), ("video_id", pa.string()), ("segment_index", pa.int16()),
+        ("start_time", pa.int32())] + _WINDOW),
+}
