@@ -16,20 +16,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
+import polars as pl
 from tqdm import tqdm
 
 from ingest.encode import encode_sequence_example
 from ingest.errors import IngestError
-from ingest.synth_signal import (
-    NOISE_SCALE,
-    SEGMENT_FRAMES,
-    World,
-    make_world,
-    render_frames,
-)
+from ingest.segments import DROP_FIRST_SEGMENTS, DROP_LAST_SEGMENTS, SEGMENT_FRAMES
+from ingest.synth_signal import NOISE_SCALE, World, make_world, render_frames
 from ingest.tfrecord import write_tfrecord
+from ingest.truth import TRUTH_SCHEMA
 from ingest.video import FRAME_BYTES, RGB_BYTES, Video
 from ingest.vocab import class_index_of_label, segment_class_ids
 
@@ -38,8 +33,6 @@ _SPLIT_CODE = {"train": 1, "validate": 2, "test": 3}  # enters the shard seed
 _ID_PREFIX = {"train": "T", "validate": "V", "test": "X"}
 
 MAX_FRAMES = 300  # at most 300 one-second frames per video (dataset fact)
-FIRST_UNRATED = 6  # the first 6 segments of a video were never rated (challenge data)
-LAST_UNRATED = 2  # nor the last 2
 RATINGS_PER_VIDEO = 5  # ~5 rated segments per rated video (237,788 ratings in the real data)
 POSITIVE_RATE = 132_442 / 237_788  # 55.7% of the real ratings are positive
 END_TIMES_RATE = 0.5  # share of rated records that also carry segment_end_times
@@ -49,13 +42,6 @@ LABEL_COUNT_P = (0.30, 0.25, 0.20, 0.15, 0.10)  # P(1..5 labels per video)
 EDGE_ONE_FRAME, EDGE_FULL, EDGE_SHORT = 0.05, 0.05, 0.10
 SHORT_MAX_FRAMES = 8 * SEGMENT_FRAMES - 1  # 39 frames: fewer than 8 segments
 
-TRUTH_SCHEMA = pa.schema([
-    ("video_id", pa.string()),
-    ("start_time", pa.int32()),
-    ("label", pa.int32()),
-    ("class_index", pa.int16()),
-    ("score", pa.float32()),
-])
 TRUTH_FILE = "truth.parquet"
 
 
@@ -154,8 +140,13 @@ def _draw_events(rng: np.random.Generator, world: World, classes: np.ndarray, n_
 
 
 def ratable_segments(n_frames: int) -> np.ndarray:
-    """Segment indices that may be rated: 6 .. n_frames // 5 - 3 (full segments only)."""
-    return np.arange(FIRST_UNRATED, n_frames // SEGMENT_FRAMES - LAST_UNRATED, dtype=np.int64)
+    """Segment indices that may be rated: 6 .. n_frames // 5 - 3.
+
+    Only whole segments, so this is a subset of the candidates 6 .. ceil(n / 5) - 3
+    of `ingest.segments.candidates`.
+    """
+    last = n_frames // SEGMENT_FRAMES - DROP_LAST_SEGMENTS
+    return np.arange(DROP_FIRST_SEGMENTS, last, dtype=np.int64)
 
 
 def _draw_ratings(rng: np.random.Generator, classes: np.ndarray, present: np.ndarray,
@@ -232,31 +223,32 @@ def synth_shard(config: SynthConfig, split: str, shard_index: int) -> list[Video
     return [v for v, _ in iter_shard(config, split, shard_index)]
 
 
-def truth_table(rows: list[tuple[str, Ratings]]) -> pa.Table:
-    """Truth Parquet table (docs/formats.md) of (video id, ratings) pairs."""
-    ids = [vid for vid, r in rows for _ in range(len(r.labels))]
-    cat = (lambda key, dt: np.concatenate([getattr(r, key) for _, r in rows]).astype(dt)
-           if rows else np.zeros(0, dt))
+def truth_table(rows: list[tuple[str, Ratings]]) -> pl.DataFrame:
+    """Truth table (docs/formats.md, `ingest.truth.TRUTH_SCHEMA`) of (video id, ratings) pairs."""
+    def cat(key: str, dtype) -> np.ndarray:
+        arrs = [getattr(r, key) for _, r in rows]
+        return np.concatenate(arrs).astype(dtype) if arrs else np.zeros(0, dtype)
+
     labels = cat("labels", np.int32)
-    return pa.table({
-        "video_id": pa.array(ids, pa.string()),
-        "start_time": pa.array(cat("start_times", np.int32)),
-        "label": pa.array(labels),
-        "class_index": pa.array(class_index_of_label()[labels].astype(np.int16)),
-        "score": pa.array(cat("scores", np.float32)),
+    return pl.DataFrame({
+        "video_id": [vid for vid, r in rows for _ in range(len(r.labels))],
+        "start_time": cat("start_times", np.int32),
+        "label": labels,
+        "class_index": class_index_of_label()[labels].astype(np.int16),
+        "score": cat("scores", np.float32),
     }, schema=TRUTH_SCHEMA)
 
 
-def shard_truth(config: SynthConfig, shard_index: int) -> pa.Table:
+def shard_truth(config: SynthConfig, shard_index: int) -> pl.DataFrame:
     """The truth table of one test shard (what `truth.parquet` holds for it)."""
     return truth_table([(v.id, r) for v, r in iter_shard(config, "test", shard_index)
                         if r is not None])
 
 
-def _write_parquet_atomic(table: pa.Table, path: Path) -> None:
+def _write_parquet_atomic(table: pl.DataFrame, path: Path) -> None:
     tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
     try:
-        pq.write_table(table, tmp)
+        table.write_parquet(tmp)
         os.replace(tmp, path)
     finally:
         if tmp.exists():

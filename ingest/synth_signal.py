@@ -22,18 +22,18 @@ from functools import lru_cache
 import numpy as np
 
 from ingest.jit import njit
+from ingest.segments import SEGMENT_FRAMES
 from ingest.video import FRAME_BYTES
 from ingest.vocab import N_SEGMENT_CLASSES, N_VOCAB
 
-SEGMENT_FRAMES = 5  # one rated segment = 5 one-second frames (dataset fact)
 QUANT_SCALE = 255.0 / 4.0  # dataset encoder: q = round((f + 2) * 255/4), f in [-2, 2]
 QUANT_OFFSET = 2.0
 
 # Signal strengths, in feature units (floats before quantisation). The noise of a
 # 5-frame segment mean along any unit direction is NOISE_STD / sqrt(5) = 0.22.
 NOISE_STD = 0.5  # per value per frame (triangular noise, see render_frames)
-TOPIC_NORM = 0.15  # ||topic direction||: SNR 0.67 in one segment, ~4 over 210 frames
-EVENT_NORM = 0.9  # ||event pattern||: SNR ~4 in one segment
+TOPIC_NORM = 0.2  # ||topic direction||: SNR 0.9 in one segment, ~6 over 210 frames
+EVENT_NORM = 0.8  # ||event pattern||: SNR 3.6 in one segment
 EVENT_SUPPORT = 64  # values an event pattern touches (of the 1152 rgb ‖ audio values)
 AMBIGUOUS_PERIOD = 10  # classes at popularity rank 10i and 10i+1 form a pair: 20% ambiguous
 ZIPF_EXPONENT = 1.0  # label frequency ∝ 1 / (rank + ZIPF_OFFSET) ** ZIPF_EXPONENT
