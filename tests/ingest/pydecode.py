@@ -219,13 +219,11 @@ def decode_file(path, skip: bool = False) -> PyShard:
         raw = f.read()
     out, pos, rec, kind = PyShard(), 0, 0, None
     while pos < len(raw):
-        if len(raw) - pos < 12:
-            raise Fatal("truncated header")
-        (length,), (crc,) = struct.unpack_from("<Q", raw, pos), struct.unpack_from("<I", raw, pos + 8)
-        if _masked(raw[pos : pos + 8]) != crc:
-            raise Fatal("length crc")
-        if pos + 16 + length > len(raw):
-            raise Fatal("truncated record")
+        try:
+            length = _frame(raw, pos)
+        except Fatal as err:
+            err.record = rec
+            raise
         data = raw[pos + 12 : pos + 12 + length]
         try:
             if _masked(data) != struct.unpack_from("<I", raw, pos + 12 + length)[0]:
@@ -237,13 +235,29 @@ def decode_file(path, skip: bool = False) -> PyShard:
             kind = vkind
             out.videos.append(vid)
             out.offsets.append(pos)
-        except Bad:
+        except Bad as err:
             if not skip:
+                err.record = rec
                 raise
             out.skipped.append((rec, pos))
+        except Fatal as err:  # mixed kinds
+            err.record = rec
+            raise
         pos += 16 + length
         rec += 1
     return out
+
+
+def _frame(raw: bytes, pos: int) -> int:
+    """The data length of the record whose header is at `pos` (raises Fatal)."""
+    if len(raw) - pos < 12:
+        raise Fatal("truncated header")
+    (length,), (crc,) = struct.unpack_from("<Q", raw, pos), struct.unpack_from("<I", raw, pos + 8)
+    if _masked(raw[pos : pos + 8]) != crc:
+        raise Fatal("length crc")
+    if pos + 16 + length > len(raw):
+        raise Fatal("truncated record")
+    return length
 
 
 SHARD_ARRAYS = ("frame_offsets", "frames", "has_labels", "label_offsets", "labels",
