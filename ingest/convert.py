@@ -23,8 +23,6 @@ from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
 
-import google_crc32c
-
 from ingest import store_write
 from ingest.errors import IngestError, ShardError
 from ingest.store import (
@@ -33,13 +31,13 @@ from ingest.store import (
     PART_JSON,
     PARTS,
     TMP,
+    file_checksum,
     part_name,
     write_json_atomic,
 )
 
 ON_ERROR = ("fail", "skip-record", "skip-shard")
 CHUNK_BYTES = 64 << 20  # source bytes decoded per chunk: bounds a worker's memory
-_READ_BLOCK = 8 << 20  # block size of the checksum pass
 COUNT_KEYS = ("videos", "video_level", "frames", "rated_segments", "positives",
               "outside_video", "unknown_class", "candidates", "skipped_records")
 
@@ -80,17 +78,6 @@ def expand_sources(patterns) -> list[str]:
         if other != p:
             raise IngestError(f"{p} and {other} would both become part {part_name(p)!r}")
     return sorted(out)
-
-
-def file_checksum(path: str) -> tuple[int, str]:
-    """(size in bytes, CRC-32C of the whole file as 8 hex digits), streamed in blocks."""
-    crc = google_crc32c.Checksum()
-    size = 0
-    with open(path, "rb") as f:
-        while block := f.read(_READ_BLOCK):
-            crc.update(block)
-            size += len(block)
-    return size, crc.hexdigest().decode()
 
 
 _DECODERS: dict = {}  # one decoder per mode and process: its buffers are reused across shards
@@ -147,7 +134,7 @@ def _write_part(source, tmp: Path, final: Path, name, on_error, chunk_bytes) -> 
         "part": name, "source": os.path.basename(source), "source_bytes": size,
         "source_crc32c": crc, "fold": store_write.fold_of(source),
         "kind": "+".join(sorted(kinds)) or "empty", "counts": counts,
-        "skipped_records": writer.skipped,
+        "skipped_records": writer.skipped, "files": writer.files,
     }
     write_json_atomic(tmp / PART_JSON, info)
     final.parent.mkdir(parents=True, exist_ok=True)

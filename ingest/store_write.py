@@ -85,6 +85,7 @@ class ShardedArrayWriter:
         self.fill = 0  # rows in the buffer
         self.n_rows = 0  # rows written in full shards
         self.n_shards = 0
+        self.crcs: dict[str, int] = {}  # CRC-32C of each file written, by path below `path`
         self.path.mkdir(parents=True)
 
     def append(self, rows: np.ndarray) -> None:
@@ -109,10 +110,14 @@ class ShardedArrayWriter:
         key = self.path / "c" / str(self.n_shards) / "/".join("0" * len(self.row_shape))
         key.parent.mkdir(parents=True, exist_ok=True)
         raw = index.astype("<u8").tobytes()
+        raw += google_crc32c.value(raw).to_bytes(4, "little")
+        data = self.buf[: used * self.chunk_rows].view()
+        data.flags.writeable = False  # google_crc32c reads read-only buffers only
         with open(key, "wb") as f:
-            f.write(self.buf[: used * self.chunk_rows].data)
+            f.write(data)
             f.write(raw)
-            f.write(google_crc32c.value(raw).to_bytes(4, "little"))
+        self.crcs[key.relative_to(self.path).as_posix()] = google_crc32c.extend(
+            google_crc32c.value(data), raw)
         self.n_rows += self.fill
         self.n_shards += 1
         self.fill = 0
@@ -276,6 +281,7 @@ class PartWriter:
                else np.zeros((0, seg.NEGATIVE_BYTES), np.uint8))
         np.save(self.path / "negatives.npy", neg)
         segs = tables["segments"]
+        self.files = _file_crcs(self.path, [self.frames, self.windows])
         return {
             "videos": tables["videos"].num_rows,
             "video_level": tables["video_level"].num_rows,
@@ -287,6 +293,22 @@ class PartWriter:
             "candidates": tables["candidates"].num_rows,
             "skipped_records": len(self.skipped),
         }
+
+
+def _file_crcs(path: Path, arrays: list[ShardedArrayWriter]) -> dict[str, str]:
+    """CRC-32C (8 hex digits) of every file of the part: array shards as written, the rest
+    (tables, metadata: small) read back."""
+    from ingest.store import file_checksum
+
+    out = {}
+    for arr in arrays:
+        prefix = arr.path.relative_to(path).as_posix()
+        out.update({f"{prefix}/{k}": f"{v:08x}" for k, v in arr.crcs.items()})
+    for f in sorted(path.rglob("*")):
+        rel = f.relative_to(path).as_posix()
+        if f.is_file() and rel not in out:
+            out[rel] = file_checksum(f)[1]
+    return dict(sorted(out.items()))
 
 
 def _buffer_windows(n: int) -> np.ndarray:

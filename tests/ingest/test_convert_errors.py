@@ -1,0 +1,127 @@
+"""Bad input: corrupt shards, wrong paths, empty globs, a tampered store (CLI level)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from ingest.cli import main
+from ingest.decode import ShardDecoder
+from ingest.store import Store
+from tests.ingest.test_convert_content import synth_shards
+
+
+@pytest.fixture(scope="module")
+def good(tmp_path_factory) -> list[Path]:
+    return synth_shards(tmp_path_factory.mktemp("good"), shards=2, videos=12, seed=5)
+
+
+def corrupt_copy(src: Path, dst: Path, record: int) -> int:
+    """Copy `src` to `dst` flipping one byte inside record `record`'s data; its offset."""
+    offsets = next(ShardDecoder().iter_chunks(src)).record_offsets.copy()
+    data = bytearray(src.read_bytes())
+    data[int(offsets[record]) + 12 + 40] ^= 0xFF  # past the 12-byte header: a data byte
+    dst.write_bytes(bytes(data))
+    return int(offsets[record])
+
+
+def run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def one_line_error(result) -> str:
+    assert result.exit_code == 1, result.output
+    lines = [ln for ln in result.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
+    assert "Traceback" not in result.output
+    return lines[0]
+
+
+def test_corrupt_shard_stops_with_one_line_and_no_store(good, tmp_path):
+    bad = tmp_path / "bad.tfrecord"
+    offset = corrupt_copy(good[0], bad, record=3)
+    out = tmp_path / "store"
+    line = one_line_error(run("convert", bad, "--out", out, "--quiet", "--workers", "1"))
+    assert str(bad) in line and "record 3" in line and f"byte {offset}" in line
+    assert not out.exists()
+
+
+def test_skip_shard_lists_it_in_the_manifest(good, tmp_path):
+    bad = tmp_path / "bad.tfrecord"
+    corrupt_copy(good[0], bad, record=0)
+    out = tmp_path / "store"
+    res = run("convert", bad, good[1], "--out", out, "--quiet", "--on-error", "skip-shard")
+    assert res.exit_code == 0, res.output
+    assert "skipped shard" in res.output and "bad.tfrecord: record 0" in res.output
+    m = json.loads((out / "manifest.json").read_text())
+    assert [p["source"] for p in m["parts"]] == [good[1].name]
+    assert m["skipped_shards"][0]["source"] == "bad.tfrecord"
+    assert "record 0" in m["skipped_shards"][0]["reason"]
+
+
+def test_skip_record_keeps_the_rest(good, tmp_path):
+    bad = tmp_path / "bad.tfrecord"
+    offset = corrupt_copy(good[0], bad, record=4)
+    out = tmp_path / "store"
+    res = run("convert", bad, "--out", out, "--quiet", "--on-error", "skip-record")
+    assert res.exit_code == 0, res.output
+    store = Store(out)
+    assert len(store.videos) == 11
+    assert 4 not in store.videos["record"].to_list()
+    assert store.videos["record"].to_list() == [0, 1, 2, 3, 5, 6, 7, 8, 9, 10, 11]
+    skipped = store.manifest["parts"][0]["skipped_records"]
+    assert [(s["record"], s["offset"]) for s in skipped] == [(4, offset)]
+    assert store.manifest["totals"]["skipped_records"] == 1
+
+
+@pytest.mark.parametrize("arg, message", [
+    ("missing.tfrecord", "no such file"),
+    ("nothing-*.tfrecord", "no file matches"),
+])
+def test_wrong_path_or_empty_glob(tmp_path, arg, message):
+    out = tmp_path / "store"
+    line = one_line_error(run("convert", tmp_path / arg, "--out", out, "--quiet"))
+    assert message in line
+    assert not out.exists()
+
+
+def test_bad_executor_and_not_a_store(good, tmp_path):
+    line = one_line_error(run("convert", good[0], "--out", tmp_path / "s", "--executor", "x"))
+    assert "--executor" in line
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "file.txt").write_text("keep me")
+    line = one_line_error(run("convert", good[0], "--out", tmp_path / "other", "--quiet"))
+    assert "not a store" in line
+    assert (tmp_path / "other" / "file.txt").read_text() == "keep me"
+    line = one_line_error(run("info", tmp_path / "other"))
+    assert "not a complete store" in line
+
+
+def test_info_and_verify(good, tmp_path):
+    out = tmp_path / "store"
+    assert run("convert", *good, "--out", out, "--quiet").exit_code == 0
+    res = run("info", out, "--json")
+    assert res.exit_code == 0
+    info = json.loads(res.output)
+    store = Store(out)
+    assert info["videos"] == len(store.videos) == 24
+    assert info["rated_segments"] == len(store.segments)
+    assert info["candidate_segments"] == len(store.candidates)
+    assert info["frames"] == int(store.videos["n_frames"].sum())
+    assert info["parts"] == 2 and info["store_bytes"] > info["frames"] * 1152
+    assert "candidate_segments" in run("info", out).output
+    assert run("verify", out).exit_code == 0
+    # flip one frame byte: verify must notice, naming the file
+    shard = out / "parts" / good[1].stem / "frames.zarr" / "c" / "0" / "0"
+    data = bytearray(shard.read_bytes())
+    data[1000] ^= 1
+    shard.write_bytes(bytes(data))
+    res = run("verify", out)
+    assert res.exit_code == 1
+    assert "frames.zarr/c/0/0: CRC-32C differs" in res.output
+    # a missing table
+    (out / "parts" / good[0].stem / "videos.parquet").unlink()
+    res = run("verify", out)
+    assert res.exit_code == 1 and "videos.parquet: missing" in res.output
