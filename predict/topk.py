@@ -67,62 +67,93 @@ def accumulate(sums, block, first):
 
 
 @njit(parallel=True)
-def histogram(vals, n_models, hist):
-    """hist (C, N_BUCKETS) int32 += counts of `_mean(vals, n_models)` per class; vals (B, C)."""
+def histogram(vals, n_models, k, floor, count_ge, hist):
+    """Count, per class, the block's scores at or above a rising floor.
+
+    vals (B, C) uint16 scores or uint32 sums of `n_models` models; hist (C, N_BUCKETS)
+    int32; floor (C,) int64 and count_ge (C,) int64 = count(score >= floor) so far.
+    Scores below `floor[c]` are skipped: once `k` scores reach a bucket, the final
+    boundary cannot be lower, so after each block the floor rises to the highest
+    bucket that still has `k` counted scores at or above it. Counts at or above
+    the final floor are exact.
+    """
     n_rows, n_cls = vals.shape
     for g in prange((n_cls + CLASS_GROUP - 1) // CLASS_GROUP):
         c0, c1 = _group(g, n_cls)
-        for r in range(n_rows):
-            for c in range(c0, c1):
-                hist[c, _mean(vals[r, c], n_models)] += 1
+        for c in range(c0, c1):  # class-major: the group's rows stay in cache
+            h = hist[c]
+            f = floor[c]
+            counted = 0
+            for r in range(n_rows):
+                v = _mean(vals[r, c], n_models)
+                if v >= f:
+                    h[v] += 1
+                    counted += 1
+            counted += count_ge[c]
+            while counted - h[f] >= k:
+                counted -= h[f]
+                f += 1
+            floor[c] = f
+            count_ge[c] = counted
 
 
 @njit(parallel=True)
-def collect(vals, n_models, row0, thresh, offsets, above, need, seen, taken, sel):
+def collect(vals, n_models, row0, thresh, starts, above, need, seen, taken, sel):
     """Place rows `row0 ..` of block vals (B, C) into sel (C, K) int32.
 
-    Above its class's boundary `thresh[c]` a row goes to `offsets[c, v]` (then
-    incremented: a descending counting sort). In the boundary bucket the row is the
-    `seen[c]`-th met; it is kept when that ordinal is the next of the sorted chosen
-    ordinals stored in `sel[c, above[c] + taken[c]:]`, and overwrites it.
+    A row above its class's boundary `thresh[c]` goes to slot `starts[c, v]` (then
+    incremented: a descending counting sort; `starts` from `boundaries`). In the
+    boundary bucket the row is the `seen[c]`-th met; it is kept when that ordinal
+    is the next of the sorted chosen ordinals stored in
+    `sel[c, above[c] + taken[c]:]`, and overwrites it there.
     """
     n_rows, n_cls = vals.shape
     for g in prange((n_cls + CLASS_GROUP - 1) // CLASS_GROUP):
         c0, c1 = _group(g, n_cls)
-        for r in range(n_rows):
-            for c in range(c0, c1):
+        for c in range(c0, c1):
+            t = thresh[c]
+            slot = starts[c]
+            out = sel[c]
+            j = seen[c]
+            p = taken[c]
+            first = above[c]
+            wanted = need[c]
+            for r in range(n_rows):
                 v = _mean(vals[r, c], n_models)
-                t = thresh[c]
+                if v < t:
+                    continue
                 if v > t:
-                    sel[c, offsets[c, v]] = row0 + r
-                    offsets[c, v] += 1
-                elif v == t:
-                    j = seen[c]
-                    seen[c] = j + 1
-                    p = taken[c]
-                    if p < need[c] and sel[c, above[c] + p] == j:
-                        sel[c, above[c] + p] = row0 + r
-                        taken[c] = p + 1
+                    out[slot[v]] = row0 + r
+                    slot[v] += 1
+                else:
+                    if p < wanted and out[first + p] == j:
+                        out[first + p] = row0 + r
+                        p += 1
+                    j += 1
+            seen[c] = j
+            taken[c] = p
 
 
-def boundaries(hist: np.ndarray, k: int):
-    """Per class, from hist (C, N_BUCKETS): boundary bucket, count above it, count needed from it.
+@njit(parallel=True)
+def boundaries(hist, k, thresh, above, count_at):
+    """Per class from hist (C, N_BUCKETS): the boundary bucket, and slots of the buckets above.
 
-    Returns thresh (C,) int64, above (C,) int64, need (C,) int64 with
-    above + need = k for every class (k ≤ n_segments).
+    Writes thresh[c] (the highest bucket with `count(score >= t) >= k`), above[c] =
+    count(score > t), count_at[c] = count(score == t); and turns hist[c, v] for every
+    v > t into the first output slot of bucket v, count(score > v), in place.
+    hist needs to be exact only at and above the boundary.
     """
-    desc = np.cumsum(hist[:, ::-1], axis=1, dtype=np.int64)  # desc[c, i] = count(v >= 9999 - i)
-    i = np.argmax(desc >= k, axis=1)
-    thresh = (N_BUCKETS - 1 - i).astype(np.int64)
-    rows = np.arange(hist.shape[0])
-    above = desc[rows, i] - hist[rows, thresh]
-    return thresh, above, k - above
-
-
-def bucket_offsets(hist: np.ndarray) -> np.ndarray:
-    """(C, N_BUCKETS) int64: the first slot of bucket v in a descending order = count(score > v)."""
-    desc = np.cumsum(hist[:, ::-1], axis=1, dtype=np.int64)
-    return (desc - hist[:, ::-1])[:, ::-1].copy()
+    for c in prange(hist.shape[0]):
+        total = 0
+        v = hist.shape[1] - 1
+        while v > 0 and total + hist[c, v] < k:
+            h = hist[c, v]
+            hist[c, v] = total
+            total += h
+            v -= 1
+        thresh[c] = v
+        above[c] = total
+        count_at[c] = hist[c, v]
 
 
 def _blocks(models, block_rows, sums):
@@ -165,19 +196,21 @@ def top_k(models, k: int = DEFAULT_K, seed: int = 0, block_rows: int = BLOCK_ROW
     with tqdm(total=2 * n_blocks, desc="top-k", unit="block", file=sys.stderr,
               disable=not show) as bar:
         hist = np.zeros((n_cls, N_BUCKETS), np.int32)
+        floor = np.zeros(n_cls, np.int64)
+        count_ge = np.zeros(n_cls, np.int64)
         for _, vals, n_models in _blocks(models, block_rows, sums):
-            histogram(vals, n_models, hist)
+            histogram(vals, n_models, k, floor, count_ge, hist)
             bar.update()
-        thresh, above, need = boundaries(hist, k)
-        offsets = bucket_offsets(hist)
+        thresh, above, count_at = (np.zeros(n_cls, np.int64) for _ in range(3))
+        boundaries(hist, k, thresh, above, count_at)
+        need = k - above
         rng = np.random.default_rng(seed)
         for c in range(n_cls):
-            sel[c, above[c]:] = _chosen_ordinals(rng, int(hist[c, thresh[c]]), int(need[c]))
-        del hist
+            sel[c, above[c]:] = _chosen_ordinals(rng, int(count_at[c]), int(need[c]))
         seen = np.zeros(n_cls, np.int64)
         taken = np.zeros(n_cls, np.int64)
         for r0, vals, n_models in _blocks(models, block_rows, sums):
-            collect(vals, n_models, r0, thresh, offsets, above, need, seen, taken, sel)
+            collect(vals, n_models, r0, thresh, hist, above, need, seen, taken, sel)
             bar.update()
     assert np.array_equal(taken, need), "boundary selection incomplete"
     for c in range(n_cls):

@@ -1,0 +1,97 @@
+"""The prediction file format: writer, memory-mapped reader, and their refusals."""
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pytest
+
+from predict.predictions import (
+    QUANT_SCALE,
+    PredictionError,
+    PredictionWriter,
+    open_ensemble,
+    open_predictions,
+    quantise,
+    sidecar_path,
+    write_predictions,
+)
+
+
+def segments(n):
+    return [f"vid{i // 4}" for i in range(n)], [30 + 5 * (i % 4) for i in range(n)]
+
+
+def test_round_trip_streams_blocks(tmp_path):
+    rng = np.random.default_rng(0)
+    probs = rng.random((130, 1000))
+    vids, starts = segments(130)
+    path = tmp_path / "m.npy"
+    write_predictions(path, probs, vids, starts, block_rows=17)
+    p = open_predictions(path)
+    assert isinstance(p.scores, np.memmap) and p.scores.dtype == np.uint16
+    assert np.array_equal(p.scores, np.rint(probs * QUANT_SCALE).astype(np.uint16))
+    assert p.segments["video_id"].to_list() == vids
+    assert p.segments["start_time"].dtype == pl.Int32
+    assert p.segments["start_time"].to_list() == starts
+    assert np.load(path).shape == (130, 1000)  # a plain .npy
+    assert sidecar_path(path).name == "m.segments.parquet"
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["m.npy", "m.segments.parquet"]
+
+
+def test_quantise_clips_and_rounds():
+    q = quantise(np.array([[-0.1, 0.0, 0.5, 1.0, 2.0, 0.00005, 0.00015]]))
+    assert q.tolist() == [[0, 0, 5000, 9999, 9999, 0, 1]]  # 0.49995 and 1.49985 round to 0 and 1
+
+
+def test_failed_write_leaves_nothing(tmp_path):
+    vids, starts = segments(10)
+    with pytest.raises(RuntimeError):
+        with PredictionWriter(tmp_path / "m.npy", vids, starts) as w:
+            w.write(np.zeros((4, 1000), np.float32))
+            raise RuntimeError("model crashed")
+    with pytest.raises(PredictionError, match="4 rows written, 10 expected"):
+        with PredictionWriter(tmp_path / "m.npy", vids, starts) as w:
+            w.write(np.zeros((4, 1000), np.float32))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_writer_refuses_bad_blocks(tmp_path):
+    vids, starts = segments(4)
+    w = PredictionWriter(tmp_path / "m.npy", vids, starts)
+    with pytest.raises(PredictionError, match="shape"):
+        w.write(np.zeros((2, 999)))
+    with pytest.raises(PredictionError, match="above 9999"):
+        w.write(np.full((2, 1000), 10000, np.uint16))
+    with pytest.raises(PredictionError, match="more than 4 rows"):
+        w.write(np.zeros((5, 1000)))
+    w.abort()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_reader_refusals(tmp_path):
+    vids, starts = segments(6)
+    write_predictions(tmp_path / "a.npy", np.zeros((6, 1000)), vids, starts)
+    np.save(tmp_path / "f32.npy", np.zeros((6, 1000), np.float32))
+    np.save(tmp_path / "narrow.npy", np.zeros((6, 999), np.uint16))
+    np.save(tmp_path / "nosidecar.npy", np.zeros((6, 1000), np.uint16))
+    (tmp_path / "text.npy").write_text("not numpy")
+    for name in ("f32", "narrow"):
+        (tmp_path / f"{name}.segments.parquet").write_bytes((tmp_path / "a.segments.parquet").read_bytes())
+    np.save(tmp_path / "short.npy", np.zeros((5, 1000), np.uint16))
+    (tmp_path / "short.segments.parquet").write_bytes((tmp_path / "a.segments.parquet").read_bytes())
+    cases = {"f32": "dtype float32", "narrow": r"shape \(6, 999\)", "nosidecar": "missing segment table",
+             "text": "not a numpy", "short": "5 rows but 6 segments", "absent": "no such file"}
+    for name, message in cases.items():
+        with pytest.raises(PredictionError, match=message):
+            open_predictions(tmp_path / f"{name}.npy")
+
+
+def test_ensemble_refuses_different_segment_tables(tmp_path):
+    vids, starts = segments(6)
+    write_predictions(tmp_path / "a.npy", np.zeros((6, 1000)), vids, starts)
+    write_predictions(tmp_path / "b.npy", np.zeros((6, 1000)), vids, starts)
+    starts[3] += 5
+    write_predictions(tmp_path / "c.npy", np.zeros((6, 1000)), vids, starts)
+    assert len(open_ensemble([tmp_path / "a.npy", tmp_path / "b.npy"])) == 2
+    with pytest.raises(PredictionError, match="differs"):
+        open_ensemble([tmp_path / "a.npy", tmp_path / "c.npy"])

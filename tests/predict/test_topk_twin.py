@@ -1,0 +1,150 @@
+"""The numba 10,000-bucket top-k against an argsort twin, on inputs with many ties."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from predict import topk as T
+from predict.topk import N_BUCKETS, ensemble_scores, top_k
+
+
+def twin_top_k(models, k):
+    """Plain numpy: rounded-half-up mean, stable argsort descending, first k per class."""
+    total = np.sum([m.astype(np.int64) for m in models], axis=0)
+    n = len(models)
+    vals = (2 * total + n) // (2 * n)
+    order = np.argsort(-vals, axis=0, kind="stable")[: min(k, vals.shape[0])]
+    return order.T, vals
+
+
+def random_models(rng, n_rows, n_models, high):
+    return [rng.integers(0, high, (n_rows, 1000)).astype(np.uint16) for _ in range(n_models)]
+
+
+@pytest.mark.parametrize(
+    "n_rows,n_models,high,k,block",
+    [(500, 1, 4, 37, 64), (700, 3, 6, 100, 129), (300, 2, 3, 300, 1000),
+     (250, 1, N_BUCKETS, 40, 33), (120, 4, 2, 500, 50), (1, 1, 5, 3, 8)],
+)
+def test_top_k_matches_argsort_twin(n_rows, n_models, high, k, block):
+    rng = np.random.default_rng(n_rows + n_models)
+    models = random_models(rng, n_rows, n_models, high)
+    sel = top_k(models, k=k, seed=7, block_rows=block)
+    ref, vals = twin_top_k(models, k)
+    assert sel.shape == ref.shape == (1000, min(k, n_rows))
+    for c in range(1000):
+        got = vals[sel[c], c]
+        want = vals[ref[c], c]
+        assert np.array_equal(np.sort(got), np.sort(want)), c  # same multiset of scores
+        assert np.all(np.diff(got) <= 0), c  # best first
+        assert len(np.unique(sel[c])) == sel.shape[1], c  # no duplicate entry
+        above = got > got[-1]  # everything above the boundary: exactly the twin's set
+        assert set(sel[c][above]) == set(ref[c][want > want[-1]]), c
+
+
+def test_above_boundary_keeps_row_order():
+    rng = np.random.default_rng(3)
+    models = random_models(rng, 400, 1, 5)
+    sel = top_k(models, k=150, seed=0, block_rows=77)
+    vals = models[0].astype(np.int64)
+    for c in range(0, 1000, 50):
+        v = vals[sel[c], c]
+        for score in np.unique(v[v > v[-1]]):
+            rows = sel[c][v == score]
+            assert np.all(np.diff(rows) > 0)
+
+
+def test_boundary_choice_reproducible_and_seeded():
+    rng = np.random.default_rng(11)
+    models = random_models(rng, 600, 2, 3)
+    a = top_k(models, k=200, seed=5, block_rows=100)
+    b = top_k(models, k=200, seed=5, block_rows=37)
+    c = top_k(models, k=200, seed=6, block_rows=100)
+    assert np.array_equal(a, b)  # same seed: same choice and order, whatever the block size
+    assert not np.array_equal(a, c)  # another seed chooses (or orders) differently
+    vals = ensemble_scores(models)
+    for cl in range(1000):
+        assert np.array_equal(np.sort(vals[a[cl], cl]), np.sort(vals[c[cl], cl]))
+
+
+def test_boundary_choice_is_spread_over_the_bucket():
+    # All scores equal: the whole output is the boundary bucket, chosen at random.
+    models = [np.full((1000, 1000), 17, np.uint16)]
+    sel = top_k(models, k=100, seed=1)
+    assert sel.max() > 500 and sel.min() < 500
+    assert len({tuple(sel[c]) for c in range(1000)}) > 990
+
+
+def test_k_larger_than_rows_takes_all():
+    rng = np.random.default_rng(2)
+    models = random_models(rng, 50, 1, 3)
+    sel = top_k(models, k=10_000)
+    assert sel.shape == (1000, 50)
+    assert all(set(sel[c]) == set(range(50)) for c in range(1000))
+
+
+def test_ensemble_rounds_half_up():
+    a = np.zeros((1, 1000), np.uint16)
+    b = np.zeros((1, 1000), np.uint16)
+    a[0, :4] = [1, 2, 9999, 3]
+    b[0, :4] = [2, 2, 9998, 6]
+    got = ensemble_scores([a, b])[0, :4]
+    assert got.tolist() == [2, 2, 9999, 5]  # 1.5 → 2, 2 → 2, 9998.5 → 9999, 4.5 → 5
+    assert ensemble_scores([a, a, b])[0, :4].tolist() == [1, 2, 9999, 4]  # 4/3, 2, 9998.67, 4
+
+
+def test_k_below_one_refused():
+    with pytest.raises(Exception, match="at least 1"):
+        top_k([np.zeros((3, 1000), np.uint16)], k=0)
+
+
+# The kernels against their plain numpy twins.
+
+def test_accumulate_matches_numpy():
+    rng = np.random.default_rng(4)
+    blocks = [rng.integers(0, N_BUCKETS, (33, 1000)).astype(np.uint16) for _ in range(3)]
+    sums = np.empty((33, 1000), np.uint32)
+    for i, b in enumerate(blocks):
+        T.accumulate(sums, b, i == 0)
+    assert np.array_equal(sums, np.sum(blocks, axis=0, dtype=np.uint32))
+
+
+@pytest.mark.parametrize("n_models,k", [(1, 20), (3, 5), (2, 1000)])
+def test_histogram_exact_at_and_above_floor(n_models, k):
+    rng = np.random.default_rng(n_models)
+    vals = rng.integers(0, 30 * n_models, (300, 1000)).astype(np.uint32 if n_models > 1 else np.uint16)
+    hist = np.zeros((1000, N_BUCKETS), np.int32)
+    floor = np.zeros(1000, np.int64)
+    count_ge = np.zeros(1000, np.int64)
+    for r0 in range(0, 300, 64):
+        T.histogram(vals[r0:r0 + 64], n_models, k, floor, count_ge, hist)
+    means = (2 * vals.astype(np.int64) + n_models) // (2 * n_models)
+    for c in range(1000):
+        full = np.bincount(means[:, c], minlength=N_BUCKETS)
+        f = floor[c]
+        assert np.array_equal(hist[c, f:], full[f:])
+        assert count_ge[c] == full[f:].sum() >= min(k, 300)
+        assert full[f + 1:].sum() < k or f == N_BUCKETS - 1  # the floor never passes the boundary
+
+
+def test_boundaries_match_cumsum_twin():
+    rng = np.random.default_rng(9)
+    hist = rng.integers(0, 4, (1000, N_BUCKETS)).astype(np.int32)
+    hist[:, 9000:] = 0
+    hist[5] = 0
+    hist[5, 3] = 800  # one class entirely in one bucket
+    k = 700
+    desc = np.cumsum(hist[:, ::-1], axis=1)
+    i = np.argmax(desc >= k, axis=1)
+    want_t = N_BUCKETS - 1 - i
+    work = hist.copy()
+    thresh, above, count_at = (np.zeros(1000, np.int64) for _ in range(3))
+    T.boundaries(work, k, thresh, above, count_at)
+    assert np.array_equal(thresh, want_t)
+    rows = np.arange(1000)
+    assert np.array_equal(count_at, hist[rows, want_t])
+    assert np.array_equal(above, desc[rows, i] - hist[rows, want_t])
+    for c in range(0, 1000, 37):
+        t = want_t[c]
+        starts = np.concatenate([[0], np.cumsum(hist[c, ::-1])])[: N_BUCKETS][::-1]
+        assert np.array_equal(work[c, t + 1:], starts[t + 1:])
