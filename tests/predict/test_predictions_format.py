@@ -45,13 +45,12 @@ def test_quantise_clips_and_rounds():
 
 def test_failed_write_leaves_nothing(tmp_path):
     vids, starts = segments(10)
-    with pytest.raises(RuntimeError):
-        with PredictionWriter(tmp_path / "m.npy", vids, starts) as w:
-            w.write(np.zeros((4, 1000), np.float32))
-            raise RuntimeError("model crashed")
-    with pytest.raises(PredictionError, match="4 rows written, 10 expected"):
-        with PredictionWriter(tmp_path / "m.npy", vids, starts) as w:
-            w.write(np.zeros((4, 1000), np.float32))
+    with pytest.raises(RuntimeError), PredictionWriter(tmp_path / "m.npy", vids, starts) as w:
+        w.write(np.zeros((4, 1000), np.float32))
+        raise RuntimeError("model crashed")
+    with pytest.raises(PredictionError, match="4 rows written, 10 expected"), \
+            PredictionWriter(tmp_path / "m.npy", vids, starts) as w:
+        w.write(np.zeros((4, 1000), np.float32))
     assert list(tmp_path.iterdir()) == []
 
 
