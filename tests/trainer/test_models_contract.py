@@ -86,3 +86,16 @@ def test_load_encoders_copies_pretrained_weights():
     assert model.segment.gating is None  # a NeXtVLAD segment encoder stops at the FC
     for k, v in model.segment.state_dict().items():
         assert torch.equal(v, segment.encoder.state_dict()[k])
+
+
+def test_context_agnostic_segment_model_is_the_video_model_without_mask():
+    from trainer.models.segment import ContextAgnosticSegmentModel
+
+    torch.manual_seed(0)
+    video_model = build("nxvlad-tiny").eval()
+    segment_model = ContextAgnosticSegmentModel(video_model)
+    _, _, segments = _batch(3)
+    with torch.no_grad():
+        got = segment_model(segments).log_p
+        want = video_model(segments, torch.ones(B, SEGMENT_LEN, dtype=torch.bool)).log_p
+    torch.testing.assert_close(got, want)
