@@ -91,7 +91,7 @@ def _run(impl: str, args) -> dict:
     cmd = [sys.executable, __file__, "--worker", impl, "--variant", args.variant]
     cmd += ["--batch", str(args.batch), "--length", str(args.length)]
     cmd += ["--repeats", str(args.repeats), "--device", args.device]
-    done = subprocess.run(cmd, capture_output=True, text=True)
+    done = subprocess.run(cmd, check=False, capture_output=True, text=True)
     if done.returncode:
         raise SystemExit(f"{impl} worker failed:\n{done.stderr}")
     return json.loads(done.stdout.strip().splitlines()[-1])
