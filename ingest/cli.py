@@ -22,3 +22,7 @@ from ingest.cli_convert import convert_cmd, info_cmd, verify_cmd
 main.add_command(convert_cmd)
 main.add_command(info_cmd)
 main.add_command(verify_cmd)
+
+from ingest.cli_decode import decode_cmd
+
+main.add_command(decode_cmd)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import itertools
 import os
 from collections.abc import Iterator
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -304,6 +305,24 @@ def read_bytes_feature(buf, a, b):
 
 
 @njit
+def canonical_frame(buf, a, b):
+    """Fast path for a frame Feature written the usual way: BytesList{value} filling buf[a:b].
+
+    Returns (1, value start, value end) when buf[a:b] is exactly
+    `0x0A len1 0x0A len2 value`, else (0, 0, 0) (the caller then walks it generally).
+    """
+    if b - a < 4 or buf[a] != 0x0A:
+        return 0, 0, 0
+    n1, p = read_varint(buf, a + 1, b)
+    if p < 0 or p >= b or n1 != np.uint64(b - p) or buf[p] != 0x0A:
+        return 0, 0, 0
+    n2, q = read_varint(buf, p + 1, b)
+    if q < 0 or n2 != np.uint64(b - q):
+        return 0, 0, 0
+    return 1, q, b
+
+
+@njit
 def walk_frame_list(buf, a, b, frames, f0, col0, width, size_code):
     """A FeatureList of one-bytes-value Features -> frames[f0 + k, col0:col0 + width].
 
@@ -321,11 +340,13 @@ def walk_frame_list(buf, a, b, frames, f0, col0, width, size_code):
             n, p = read_len(buf, pos, b)
             if p < 0:
                 return count, -p, 0
-            nv, va, vb, st = read_bytes_feature(buf, p, p + n)
-            if st != OK:
-                return count, st, 0
-            if nv != 1:
-                return count, wire.FRAME_VALUES, nv
+            nv, va, vb = canonical_frame(buf, p, p + n)
+            if nv != 1:  # not the usual layout: the general walk
+                nv, va, vb, st = read_bytes_feature(buf, p, p + n)
+                if st != OK:
+                    return count, st, 0
+                if nv != 1:
+                    return count, wire.FRAME_VALUES, nv
             if vb - va != width:
                 return count, size_code, vb - va
             row = f0 + count
@@ -656,6 +677,12 @@ class ShardDecoder:
                 self._raw[:rest] = self._raw[spans.consumed : filled]
                 filled, file_off, record = rest, file_off + spans.consumed, record + spans.n_records
                 limit = limit0
+
+    def warm_up(self) -> None:
+        """Load (or compile, the first time) the numba kernel now rather than on the first shard."""
+        self._out.reserve(1, 0)
+        none = np.zeros(0, np.int64)
+        self._call(SimpleNamespace(starts=none, lengths=none, offsets=none), 0)
 
     def decode(self, path: str | os.PathLike) -> DecodedShard:
         """The whole shard in one chunk (views into this decoder's buffers)."""

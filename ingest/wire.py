@@ -65,6 +65,8 @@ U64_MAX = np.uint64(0xFFFFFFFFFFFFFFFF)
 @njit
 def read_varint(buf, pos, end):
     """Base-128 varint at `pos` -> (uint64 value, position after it | -error code)."""
+    if pos < end and buf[pos] < 0x80:  # fast path: keys and small lengths are one byte
+        return np.uint64(buf[pos]), pos + 1
     result = np.uint64(0)
     shift = np.uint64(0)
     for i in range(MAX_VARINT_BYTES):
