@@ -99,3 +99,16 @@ def test_context_agnostic_segment_model_is_the_video_model_without_mask():
         got = segment_model(segments).log_p
         want = video_model(segments, torch.ones(B, SEGMENT_LEN, dtype=torch.bool)).log_p
     torch.testing.assert_close(got, want)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", ["dbof-tiny", "nxvlad-tiny", "nxvlad-tiny+dbof-tiny"])
+def test_variant_on_cuda_matches_cpu(name):
+    torch.manual_seed(0)
+    model = build(name).eval()
+    frames, mask, segments = _batch(4)
+    args = (frames, mask, segments) if isinstance(model, ContextAwareModel) else (frames, mask)
+    with torch.no_grad():
+        cpu = model(*args).log_p
+        gpu = model.cuda()(*(a.cuda() for a in args)).log_p.cpu()
+    torch.testing.assert_close(gpu, cpu, rtol=1e-3, atol=1e-3)

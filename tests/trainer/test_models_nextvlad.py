@@ -93,3 +93,12 @@ def test_cluster_dropout_drops_whole_clusters_in_training_only():
     assert 0.1 < zero_rows.double().mean() < 0.4 and partly_zero == 0
     layer.eval()
     assert not (layer(x, mask).view(64, layer.clusters, -1) == 0).all(dim=-1).any()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("training", [False, True])
+def test_nextvlad_equals_naive_formula_on_cuda(training):
+    layer = _layer(2).cuda().train(training)
+    x, mask = _inputs(2)
+    fast = layer(x.cuda(), mask.cuda())
+    torch.testing.assert_close(fast, naive_nextvlad(layer, x.cuda(), mask.cuda()))
