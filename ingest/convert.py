@@ -18,7 +18,7 @@ import shutil
 import sys
 import time
 import uuid
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
@@ -80,6 +80,7 @@ def expand_sources(patterns) -> list[str]:
     return sorted(out)
 
 
+_CHECKSUM = ThreadPoolExecutor(1, thread_name_prefix="source-crc")
 _DECODERS: dict = {}  # one decoder per mode and process: its buffers are reused across shards
 
 
@@ -122,14 +123,20 @@ def convert_shard(source: str, store: str, on_error: str = "fail",
 
 
 def _write_part(source, tmp: Path, final: Path, name, on_error, chunk_bytes) -> dict:
-    size, crc = file_checksum(source)
+    checksum = _CHECKSUM.submit(file_checksum, source)  # a second read, overlapping decoding
     writer = store_write.PartWriter(tmp, name, source)
     kinds = set()
-    for chunk in _chunks(source, on_error, chunk_bytes):
-        if chunk.n_videos:
-            kinds.add(chunk.kind)
-        writer.add(chunk)
+    try:
+        for chunk in _chunks(source, on_error, chunk_bytes):
+            if chunk.n_videos:
+                kinds.add(chunk.kind)
+            writer.add(chunk)
+    except BaseException:
+        writer.abort()
+        checksum.exception()
+        raise
     counts = writer.close()
+    size, crc = checksum.result()
     info = {
         "part": name, "source": os.path.basename(source), "source_bytes": size,
         "source_crc32c": crc, "fold": store_write.fold_of(source),

@@ -21,6 +21,7 @@ import json
 import os
 import re
 import sys
+import threading
 from functools import cached_property
 from pathlib import Path
 
@@ -65,15 +66,27 @@ def read_manifest(path) -> dict:
     return manifest
 
 
-def file_checksum(path: str) -> tuple[int, str]:
-    """(size in bytes, CRC-32C of the whole file as 8 hex digits), streamed in blocks."""
-    crc = google_crc32c.Checksum()
-    size = 0
+def file_checksum(path) -> tuple[int, str]:
+    """(size in bytes, CRC-32C of the whole file as 8 hex digits), read in blocks into one
+    reused buffer."""
+    crc, size = 0, 0
+    buf = _read_buffer()
     with open(path, "rb") as f:
-        while block := f.read(READ_BLOCK):
-            crc.update(block)
-            size += len(block)
-    return size, crc.hexdigest().decode()
+        while n := f.readinto(buf):
+            view = buf[:n].view()
+            view.flags.writeable = False  # google_crc32c reads read-only buffers only
+            crc = google_crc32c.extend(crc, view)
+            size += n
+    return size, f"{crc:08x}"
+
+
+_READ_BUFFERS = threading.local()
+
+
+def _read_buffer() -> np.ndarray:
+    if not hasattr(_READ_BUFFERS, "buf"):
+        _READ_BUFFERS.buf = np.empty(READ_BLOCK, np.uint8)
+    return _READ_BUFFERS.buf
 
 
 def write_json_atomic(path: Path, obj) -> None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import zlib
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import google_crc32c
@@ -37,7 +38,8 @@ FRAME_SHARD_ROWS = 16384  # frames per Zarr shard file (18.9 MB)
 WINDOW_CHUNK_ROWS = 64  # windows per inner chunk (811 KB)
 WINDOW_SHARD_ROWS = 1024  # windows per shard file (13 MB)
 _NO_CHUNK = np.uint64(2**64 - 1)  # index entry of an absent inner chunk (sharding codec)
-_BUFFERS: dict[tuple, np.ndarray] = {}  # per-process reused buffers (first touch is slow)
+_BUFFERS: dict = {}  # per-process reused buffers (first touch of new memory is slow)
+_WRITER = ThreadPoolExecutor(1, thread_name_prefix="store-write")  # file writes overlap decoding
 
 
 def fold_of(source_name: str) -> int:
@@ -45,10 +47,11 @@ def fold_of(source_name: str) -> int:
     return zlib.crc32(os.path.basename(source_name).encode()) % N_FOLDS
 
 
-def _buffer(shape: tuple) -> np.ndarray:
-    if shape not in _BUFFERS:
-        _BUFFERS[shape] = np.zeros(shape, np.uint8)
-    return _BUFFERS[shape]
+def _buffer(shape: tuple, k: int = 0) -> np.ndarray:
+    """Buffer number k of this shape, allocated once per process."""
+    if (shape, k) not in _BUFFERS:
+        _BUFFERS[(shape, k)] = np.zeros(shape, np.uint8)
+    return _BUFFERS[(shape, k)]
 
 
 def zarr_metadata(shape: tuple, chunk_rows: int, shard_rows: int) -> dict:
@@ -72,8 +75,9 @@ def zarr_metadata(shape: tuple, chunk_rows: int, shard_rows: int) -> dict:
 class ShardedArrayWriter:
     """Append rows of shape `row_shape` (uint8) to a Zarr v3 sharded array, streaming.
 
-    Rows collect in one `(shard_rows, *row_shape)` buffer; a full buffer becomes the
-    shard file `c/<k>/0[/0]`. `close()` writes the last partial shard (its last inner
+    Rows collect in a `(shard_rows, *row_shape)` buffer; a full buffer becomes the
+    shard file `c/<k>/0[/0]`, written by a background thread while the other of two
+    buffers fills (the write releases the GIL, so it overlaps decoding). `close()` writes the last partial shard (its last inner
     chunk zero padded, absent chunks marked in the index) and `zarr.json`.
     """
 
@@ -81,9 +85,13 @@ class ShardedArrayWriter:
         assert shard_rows % chunk_rows == 0
         self.path, self.row_shape = Path(path), tuple(row_shape)
         self.chunk_rows, self.shard_rows = chunk_rows, shard_rows
-        self.buf = _buffer((shard_rows, *row_shape))
+        # two buffers: one fills while the other is written out by a background thread
+        self.bufs = [_buffer((shard_rows, *row_shape), k) for k in range(2)]
+        self.pending: list[Future | None] = [None, None]
+        self.cur = 0
+        self.buf = self.bufs[0]
         self.fill = 0  # rows in the buffer
-        self.n_rows = 0  # rows written in full shards
+        self.n_rows = 0  # rows handed to the writer thread in shard files
         self.n_shards = 0
         self.crcs: dict[str, int] = {}  # CRC-32C of each file written, by path below `path`
         self.path.mkdir(parents=True)
@@ -100,35 +108,56 @@ class ShardedArrayWriter:
                 self._flush()
 
     def _flush(self) -> None:
-        n_chunks = self.shard_rows // self.chunk_rows
+        """Hand the current buffer to the writer thread and switch to the other one."""
         used = -(-self.fill // self.chunk_rows)  # inner chunks holding data
         self.buf[self.fill : used * self.chunk_rows] = 0  # zero pad the last inner chunk
+        key = self.path / "c" / str(self.n_shards) / "/".join("0" * len(self.row_shape))
+        self.pending[self.cur] = _WRITER.submit(self._write_shard, key, self.buf, used)
+        self.n_rows += self.fill
+        self.n_shards += 1
+        self.fill = 0
+        self.cur ^= 1
+        self.buf = self.bufs[self.cur]
+        self._wait(self.cur)  # the next buffer must be written out before it is refilled
+
+    def _wait(self, k: int) -> None:
+        if self.pending[k] is not None:
+            self.pending[k].result()
+            self.pending[k] = None
+
+    def _write_shard(self, key: Path, buf: np.ndarray, used: int) -> None:
+        """One shard file: `used` uncompressed inner chunks, then the index and its CRC."""
         chunk_bytes = self.chunk_rows * int(np.prod(self.row_shape))
-        index = np.full((n_chunks, 2), _NO_CHUNK, np.uint64)
+        index = np.full((self.shard_rows // self.chunk_rows, 2), _NO_CHUNK, np.uint64)
         index[:used, 0] = np.arange(used, dtype=np.uint64) * np.uint64(chunk_bytes)
         index[:used, 1] = chunk_bytes
-        key = self.path / "c" / str(self.n_shards) / "/".join("0" * len(self.row_shape))
-        key.parent.mkdir(parents=True, exist_ok=True)
         raw = index.astype("<u8").tobytes()
         raw += google_crc32c.value(raw).to_bytes(4, "little")
-        data = self.buf[: used * self.chunk_rows].view()
+        data = buf[: used * self.chunk_rows].view()
         data.flags.writeable = False  # google_crc32c reads read-only buffers only
+        key.parent.mkdir(parents=True, exist_ok=True)
         with open(key, "wb") as f:
             f.write(data)
             f.write(raw)
         self.crcs[key.relative_to(self.path).as_posix()] = google_crc32c.extend(
             google_crc32c.value(data), raw)
-        self.n_rows += self.fill
-        self.n_shards += 1
-        self.fill = 0
 
     def close(self) -> int:
         """Write the last shard and the metadata; returns the number of rows."""
         if self.fill:
             self._flush()
+        self._wait(0)
+        self._wait(1)
         meta = zarr_metadata((self.n_rows, *self.row_shape), self.chunk_rows, self.shard_rows)
         (self.path / "zarr.json").write_text(json.dumps(meta, indent=2))
         return self.n_rows
+
+    def abort(self) -> None:
+        """Wait for writes in flight (after an error, before the directory is removed)."""
+        for k in (0, 1):
+            if self.pending[k] is not None:
+                self.pending[k].exception()
+                self.pending[k] = None
 
 
 class PartWriter:
@@ -270,6 +299,11 @@ class PartWriter:
         }))
 
     # ------------------------------------------------------------ finish
+    def abort(self) -> None:
+        """Let background writes finish (after an error, before the directory is removed)."""
+        self.frames.abort()
+        self.windows.abort()
+
     def close(self) -> dict:
         """Write the tables and array metadata; returns the part's counts."""
         n_frames = self.frames.close()
