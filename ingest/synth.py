@@ -21,8 +21,9 @@ from tqdm import tqdm
 
 from ingest.encode import encode_sequence_example
 from ingest.errors import IngestError
+from ingest.jit import JIT_ENABLED
 from ingest.segments import DROP_FIRST_SEGMENTS, DROP_LAST_SEGMENTS, SEGMENT_FRAMES
-from ingest.synth_signal import NOISE_SCALE, World, make_world, render_frames
+from ingest.synth_signal import NOISE_SCALE, World, make_world, render_frames, render_frames_np
 from ingest.tfrecord import write_tfrecord
 from ingest.truth import TRUTH_SCHEMA
 from ingest.video import FRAME_BYTES, RGB_BYTES, Video
@@ -43,6 +44,8 @@ EDGE_ONE_FRAME, EDGE_FULL, EDGE_SHORT = 0.05, 0.05, 0.10
 SHORT_MAX_FRAMES = 8 * SEGMENT_FRAMES - 1  # 39 frames: fewer than 8 segments
 
 TRUTH_FILE = "truth.parquet"
+# Without JIT the kernel is a per-value Python loop; its numpy twin gives the same bytes.
+_render = render_frames if JIT_ENABLED else render_frames_np
 
 
 @dataclass(frozen=True)
@@ -211,7 +214,7 @@ def iter_shard(config: SynthConfig, split: str,
         topic = world.topic[labels].sum(axis=0)
         noise = rng.integers(0, 256, size=(n, FRAME_BYTES, 2), dtype=np.uint8)
         frames = np.empty((n, FRAME_BYTES), np.uint8)
-        render_frames(topic, seg_add[:n_seg], noise, NOISE_SCALE, frames)
+        _render(topic, seg_add[:n_seg], noise, NOISE_SCALE, frames)
         rate = config.beyond_end_rate if split == "validate" else 0.0
         ratings = _draw_ratings(rng, classes, present, n, rate)
         vid = f"{_ID_PREFIX[split]}{config.seed}_{shard_index:05d}_{i:05d}"

@@ -111,13 +111,13 @@ def test_labels(validate_videos):
 
 
 def test_lengths_default_and_edge_cases():
-    vs = synth_shard(SynthConfig(videos_per_shard=300, seed=3), "train", 0)
+    vs = synth_shard(SynthConfig(videos_per_shard=150, seed=3), "train", 0)
     n = np.array([v.n_frames for v in vs])
     assert n.min() >= 120 and n.max() <= 300 and n.min() < 130 and n.max() > 290
-    vs = synth_shard(SynthConfig(videos_per_shard=300, seed=3, min_frames=50, max_frames=60),
+    vs = synth_shard(SynthConfig(videos_per_shard=50, seed=3, min_frames=50, max_frames=60),
                      "train", 0)
     assert {v.n_frames for v in vs} <= set(range(50, 61))
-    vs = synth_shard(SynthConfig(split="validate", videos_per_shard=300, seed=3,
+    vs = synth_shard(SynthConfig(split="validate", videos_per_shard=250, seed=3,
                                  edge_cases=True), "validate", 0)
     n = np.array([v.n_frames for v in vs])
     assert (n == 1).sum() >= 5 and (n == 300).sum() >= 5 and ((n > 1) & (n < 40)).sum() >= 10

@@ -17,6 +17,8 @@ from ingest.synth import SynthConfig, synth_shard
 from ingest.synth_signal import dequantize, make_world
 from ingest.vocab import to_class_index
 
+pytestmark = pytest.mark.slow  # ~5-9 s: draws 1,200 videos
+
 CFG = SynthConfig(split="validate", videos_per_shard=400, seed=7)
 MIN_TRAIN_POSITIVES = 5
 SHRINK = 1.0  # soft threshold on the per-value t-statistic of a class centroid
