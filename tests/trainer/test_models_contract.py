@@ -112,3 +112,20 @@ def test_variant_on_cuda_matches_cpu(name):
         cpu = model(*args).log_p
         gpu = model.cuda()(*(a.cuda() for a in args)).log_p.cpu()
     torch.testing.assert_close(gpu, cpu, rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("name", ["dbof-tiny", "nxvlad-tiny+dbof-tiny"])
+def test_mixed_precision_keeps_float32_probabilities(name):
+    """Under bfloat16 autocast the masked batch-norm statistics and the MoE mixing run in
+    float32: finite float32 log-probabilities, gradients for every trainable parameter."""
+    torch.manual_seed(0)
+    model = build(name).train()
+    frames, mask, segments = _batch(5)
+    args = (frames, mask, segments) if isinstance(model, ContextAwareModel) else (frames, mask)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(*args)
+        loss = video_loss(out, torch.rand(B, 1000) < 0.05)
+    assert out.log_p.dtype == out.log_not_p.dtype == torch.float32
+    assert torch.isfinite(out.log_p).all() and torch.isfinite(loss)
+    loss.backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)

@@ -49,18 +49,23 @@ class MaskedBatchNorm1d(nn.BatchNorm1d):
         flat = x.reshape(-1, shape[-1])
         if mask is None or not self.training:
             return super().forward(flat).reshape(shape)
-        m = mask.expand(shape[:-1]).reshape(-1).to(x.dtype)  # (N,)
-        n = m.sum().clamp(min=1.0)
-        mean = (m @ flat) / n  # (C,)
-        centred = flat - mean
-        var = (m @ centred.square()) / n  # biased, as BatchNorm normalises with
-        self._update_running(mean, var, n)
-        scale = torch.rsqrt(var + self.eps)
-        if self.affine:
-            scale = scale * self.weight
-        out = centred * scale
-        if self.affine:
-            out = out + self.bias
+        with torch.autocast(x.device.type, enabled=False):  # statistics in float32 at least
+            if flat.dtype in (torch.float16, torch.bfloat16):
+                flat = flat.float()
+            m = mask.expand(shape[:-1]).reshape(-1).to(flat.dtype)  # (N,)
+            n = m.sum().clamp(min=1.0)
+            weights = m / n
+            mean = weights @ flat  # (C,)
+            centred = flat - mean
+            var = weights @ centred.square()  # biased, as BatchNorm normalises with
+            self._update_running(mean, var, n)
+            scale = torch.rsqrt(var + self.eps)
+            if self.affine:
+                scale = scale * self.weight
+            out = centred * scale
+            if self.affine:
+                out = out + self.bias
+        out = out.to(x.dtype)
         return out.reshape(shape)
 
     @torch.no_grad()

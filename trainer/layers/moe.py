@@ -43,8 +43,12 @@ class MixtureOfExperts(nn.Module):
     def forward(self, h: torch.Tensor) -> MoEOutput:
         batch = h.shape[0]
         # (B, C, N) expert logits, (B, 1, N + 1) shared gate log-weights
+        # the mixing runs in float32 (at least) even under autocast: log p near 0 needs it
         e = self.experts(self.dropout(self.expert_norm(h))).view(batch, self.classes, -1)
-        log_g = torch.log_softmax(self.gate(self.dropout(self.gate_norm(h))), dim=-1)[:, None]
+        e = e.float() if e.dtype in (torch.float16, torch.bfloat16) else e
+        gate = self.gate(self.dropout(self.gate_norm(h)))
+        gate = gate.float() if gate.dtype in (torch.float16, torch.bfloat16) else gate
+        log_g = torch.log_softmax(gate, dim=-1)[:, None]
         log_gi, log_g0 = log_g[..., :-1], log_g[..., -1:]
         log_p = torch.logsumexp(log_gi + nn.functional.logsigmoid(e), dim=-1)
         not_p_terms = torch.cat(
