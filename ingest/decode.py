@@ -21,11 +21,22 @@ from types import SimpleNamespace
 import numpy as np
 
 from ingest import wire
+from ingest.encode import varint
 from ingest.errors import ShardError
 from ingest.jit import njit
 from ingest.tfrecord import scan_records
 from ingest.video import AUDIO_BYTES, FRAME_BYTES, RGB_BYTES, DecodedShard
-from ingest.wire import I32, LEN, OK, VARINT, read_key, read_len, read_varint, skip_field
+from ingest.wire import (
+    I32,
+    LEN,
+    OK,
+    VARINT,
+    copy_bytes,
+    read_key,
+    read_len,
+    read_varint,
+    skip_field,
+)
 
 DEFAULT_CHUNK_BYTES = 128 << 20
 ON_ERROR = ("fail", "skip-record")
@@ -275,8 +286,7 @@ def read_float_feature(buf, a, b, out, o, cap):
                 return count, wire.FIXED_PAST_END
             k = m // FLOAT_BYTES
             keep = min(k, max(cap - count, 0))
-            d = FLOAT_BYTES * (o + count)
-            out[d : d + FLOAT_BYTES * keep] = buf[p : p + FLOAT_BYTES * keep]
+            copy_bytes(out, FLOAT_BYTES * (o + count), buf, p, FLOAT_BYTES * keep)
             count += k
             p += m
 
@@ -304,35 +314,57 @@ def read_bytes_feature(buf, a, b):
             p += m
 
 
-@njit
-def canonical_frame(buf, a, b):
-    """Fast path for a frame Feature written the usual way: BytesList{value} filling buf[a:b].
+def _frame_header(width: int) -> np.ndarray:
+    """The bytes that precede a `width`-byte frame written the usual way (as TensorFlow does):
+    FeatureList.feature key+length, Feature.bytes_list key+length, BytesList.value key+length."""
+    value = bytes([0x0A]) + varint(width)
+    bytes_list = bytes([0x0A]) + varint(len(value) + width)
+    feature = bytes([0x0A]) + varint(len(bytes_list) + len(value) + width)
+    return np.frombuffer(feature + bytes_list + value, np.uint8).copy()
 
-    Returns (1, value start, value end) when buf[a:b] is exactly
-    `0x0A len1 0x0A len2 value`, else (0, 0, 0) (the caller then walks it generally).
-    """
-    if b - a < 4 or buf[a] != 0x0A:
-        return 0, 0, 0
-    n1, p = read_varint(buf, a + 1, b)
-    if p < 0 or p >= b or n1 != np.uint64(b - p) or buf[p] != 0x0A:
-        return 0, 0, 0
-    n2, q = read_varint(buf, p + 1, b)
-    if q < 0 or n2 != np.uint64(b - q):
-        return 0, 0, 0
-    return 1, q, b
+
+RGB_HEADER = _frame_header(RGB_BYTES)  # 9 bytes
+AUDIO_HEADER = _frame_header(AUDIO_BYTES)  # 9 bytes
 
 
 @njit
-def walk_frame_list(buf, a, b, frames, f0, col0, width, size_code):
+def copy_row(buf, va, frames, row, col0, width):
+    """frames[row, col0:col0 + width] = buf[va:va + width] (frames C-contiguous)."""
+    copy_bytes(frames, row * frames.shape[1] + col0, buf, va, width)
+
+
+@njit
+def has_header(buf, pos, b, header, width):
+    """Whether buf[pos:] starts with `header` followed by `width` bytes before b."""
+    h = header.shape[0]
+    if b - pos < h + width:
+        return False
+    for j in range(h):
+        if buf[pos + j] != header[j]:
+            return False
+    return True
+
+
+@njit
+def walk_frame_list(buf, a, b, frames, f0, col0, width, header, size_code):
     """A FeatureList of one-bytes-value Features -> frames[f0 + k, col0:col0 + width].
 
-    Returns (frame count, status, detail); rows past the end of `frames` are
-    counted, not stored.
+    Frames written the usual way (`header` + value) take a fast path; any
+    other valid layout is walked field by field. Returns (frame count, status,
+    detail); rows past the end of `frames` are counted, not stored.
     """
     cap = frames.shape[0]
+    h = header.shape[0]
     count = 0
     pos = a
     while pos < b:
+        row = f0 + count
+        if has_header(buf, pos, b, header, width):
+            if row < cap:
+                copy_row(buf, pos + h, frames, row, col0, width)
+            count += 1
+            pos += h + width
+            continue
         fld, wt, pos = read_key(buf, pos, b)
         if pos < 0:
             return count, -pos, 0
@@ -340,18 +372,15 @@ def walk_frame_list(buf, a, b, frames, f0, col0, width, size_code):
             n, p = read_len(buf, pos, b)
             if p < 0:
                 return count, -p, 0
-            nv, va, vb = canonical_frame(buf, p, p + n)
-            if nv != 1:  # not the usual layout: the general walk
-                nv, va, vb, st = read_bytes_feature(buf, p, p + n)
-                if st != OK:
-                    return count, st, 0
-                if nv != 1:
-                    return count, wire.FRAME_VALUES, nv
+            nv, va, vb, st = read_bytes_feature(buf, p, p + n)
+            if st != OK:
+                return count, st, 0
+            if nv != 1:
+                return count, wire.FRAME_VALUES, nv
             if vb - va != width:
                 return count, size_code, vb - va
-            row = f0 + count
             if row < cap:
-                frames[row, col0 : col0 + width] = buf[va:vb]
+                copy_row(buf, va, frames, row, col0, width)
             count += 1
             pos = p + n
         else:
@@ -455,7 +484,7 @@ def decode_records(buf, starts, lengths, offsets, i0, frames, frame_off, id_byte
             return _fail(err, wire.ID_UTF8, i, 0, 0, 0, -1)
         if nb + (vb - va) > id_bytes.shape[0]:
             return _fail(err, wire.OUT_OF_SPACE, i, B_ID_BYTES, nb + (vb - va), 0, 0)
-        id_bytes[nb : nb + (vb - va)] = buf[va:vb]
+        copy_bytes(id_bytes, nb, buf, va, vb - va)
         # labels (absent in test records)
         n_lab = 0
         if ctx_a[K_LABELS] >= 0:
@@ -551,12 +580,12 @@ def _read_frames(buf, fl_a, fl_b, frames, f, err, i):
     n_audio = 0
     if fl_a[L_RGB] >= 0:
         n_rgb, st, d = walk_frame_list(buf, fl_a[L_RGB], fl_b[L_RGB], frames, f, 0, RGB_BYTES,
-                                       wire.RGB_SIZE)
+                                       RGB_HEADER, wire.RGB_SIZE)
         if st != OK:
             return 0, _fail(err, st, i, d, d, L_RGB, -1)
     if fl_a[L_AUDIO] >= 0:
         n_audio, st, d = walk_frame_list(buf, fl_a[L_AUDIO], fl_b[L_AUDIO], frames, f,
-                                         RGB_BYTES, AUDIO_BYTES, wire.AUDIO_SIZE)
+                                         RGB_BYTES, AUDIO_BYTES, AUDIO_HEADER, wire.AUDIO_SIZE)
         if st != OK:
             return 0, _fail(err, st, i, d, d, L_AUDIO, -1)
     if n_rgb != n_audio:
