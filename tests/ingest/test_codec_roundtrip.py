@@ -197,3 +197,32 @@ def test_video_round_trip_through_decoded_shard(tmp_path):
         back = got.video(i)
         np.testing.assert_array_equal(back.rgb, v.rgb)
         np.testing.assert_array_equal(back.segment_end_times, v.segment_end_times)
+
+
+@pytest.mark.parametrize("block", [1, 3000, 50_000])
+@pytest.mark.parametrize("chunk_bytes", [20_000, 1 << 30])
+def test_chunks_of_many_blocks_with_buffer_growth(tmp_path, monkeypatch, block, chunk_bytes):
+    """Chunks gather several read blocks; outputs grow mid-chunk keeping earlier records
+    (records with more labels and segments than the buffers' first guess)."""
+    import ingest.decode
+
+    monkeypatch.setattr(ingest.decode, "BLOCK_BYTES", block)
+    rng = np.random.default_rng(9)
+    videos = [random_video(rng, i, n_frames=int(rng.integers(0, 12))) for i in range(30)]
+    for v in videos[5:]:
+        v.labels = rng.integers(0, 3862, int(rng.integers(0, 200)))
+        n = int(rng.integers(0, 60))
+        v.segment_labels, v.segment_start_times = rng.integers(0, 9, n), rng.integers(0, 9, n)
+        v.segment_end_times, v.segment_scores = None, rng.random(n, np.float32)
+        if n == 0:
+            v.segment_labels = v.segment_start_times = v.segment_scores = None
+    videos[7].id = "x" * 5000  # longer than the id buffer's first guess
+    path = write(tmp_path / "b.tfrecord", [E.encode_video(v) for v in videos])
+    offsets = [off for _, off, _ in iter_records(path)]
+    seen = 0
+    for chunk in ShardDecoder().iter_chunks(path, chunk_bytes=chunk_bytes):
+        want = DecodedShard.from_videos(videos[seen : seen + chunk.n_videos])
+        want.record_offsets = np.array(offsets[seen : seen + chunk.n_videos], np.int64)
+        assert_same_shard(chunk, want)
+        seen += chunk.n_videos
+    assert seen == len(videos)
