@@ -35,6 +35,7 @@ from predict.predictions import QUANT_SCALE
 N_BUCKETS = QUANT_SCALE + 1  # 10,000 buckets, one per quantised score 0..9999
 DEFAULT_K = 100_000  # submission entries per class allowed by the challenge
 CLASS_GROUP = 32  # classes per parallel task: 32 uint16 = one 64-byte cache line of a row
+ROW_TILE = 128  # rows per tile inside a block: 128 × 2000 B rows span few pages (TLB)
 BLOCK_ROWS = 8192  # rows per streamed block (16 MB per model)
 PROGRESS_MIN_ROWS = 200_000  # show progress bars from this many segments on
 
@@ -66,6 +67,18 @@ def accumulate(sums, block, first):
                 sums[r, c] += block[r, c]
 
 
+@njit(inline="always")
+def _tile_hits(vals, n_models, c, r0, r1, floor, hits, rows):
+    """Compact the rows r0..r1 of column c scoring >= floor into hits (their rows if
+    `rows`, else their scores); return how many. Branch-free: most rows miss."""
+    n = 0
+    for r in range(r0, r1):
+        v = _mean(vals[r, c], n_models)
+        hits[n] = r if rows else v
+        n += v >= floor
+    return n
+
+
 @njit(parallel=True)
 def histogram(vals, n_models, k, floor, count_ge, hist):
     """Count, per class, the block's scores at or above a rising floor.
@@ -80,21 +93,21 @@ def histogram(vals, n_models, k, floor, count_ge, hist):
     n_rows, n_cls = vals.shape
     for g in prange((n_cls + CLASS_GROUP - 1) // CLASS_GROUP):
         c0, c1 = _group(g, n_cls)
-        for c in range(c0, c1):  # class-major: the group's rows stay in cache
-            h = hist[c]
+        hits = np.empty(ROW_TILE, np.int64)
+        for r0 in range(0, n_rows, ROW_TILE):
+            r1 = min(r0 + ROW_TILE, n_rows)
+            for c in range(c0, c1):  # class-major inside a tile that stays in L1 and the TLB
+                n = _tile_hits(vals, n_models, c, r0, r1, floor[c], hits, False)
+                h = hist[c]
+                for i in range(n):
+                    h[hits[i]] += 1
+                count_ge[c] += n
+        for c in range(c0, c1):
             f = floor[c]
-            counted = 0
-            for r in range(n_rows):
-                v = _mean(vals[r, c], n_models)
-                if v >= f:
-                    h[v] += 1
-                    counted += 1
-            counted += count_ge[c]
-            while counted - h[f] >= k:
-                counted -= h[f]
+            while count_ge[c] - hist[c, f] >= k:
+                count_ge[c] -= hist[c, f]
                 f += 1
             floor[c] = f
-            count_ge[c] = counted
 
 
 @njit(parallel=True)
@@ -110,28 +123,28 @@ def collect(vals, n_models, row0, thresh, starts, above, need, seen, taken, sel)
     n_rows, n_cls = vals.shape
     for g in prange((n_cls + CLASS_GROUP - 1) // CLASS_GROUP):
         c0, c1 = _group(g, n_cls)
-        for c in range(c0, c1):
-            t = thresh[c]
-            slot = starts[c]
-            out = sel[c]
-            j = seen[c]
-            p = taken[c]
-            first = above[c]
-            wanted = need[c]
-            for r in range(n_rows):
-                v = _mean(vals[r, c], n_models)
-                if v < t:
-                    continue
-                if v > t:
-                    out[slot[v]] = row0 + r
-                    slot[v] += 1
-                else:
-                    if p < wanted and out[first + p] == j:
-                        out[first + p] = row0 + r
-                        p += 1
-                    j += 1
-            seen[c] = j
-            taken[c] = p
+        hits = np.empty(ROW_TILE, np.int64)
+        for r0 in range(0, n_rows, ROW_TILE):
+            r1 = min(r0 + ROW_TILE, n_rows)
+            for c in range(c0, c1):
+                t = thresh[c]
+                slot = starts[c]
+                out = sel[c]
+                j = seen[c]
+                p = taken[c]
+                for i in range(_tile_hits(vals, n_models, c, r0, r1, t, hits, True)):
+                    r = hits[i]
+                    v = _mean(vals[r, c], n_models)
+                    if v > t:
+                        out[slot[v]] = row0 + r
+                        slot[v] += 1
+                    else:
+                        if p < need[c] and out[above[c] + p] == j:
+                            out[above[c] + p] = row0 + r
+                            p += 1
+                        j += 1
+                seen[c] = j
+                taken[c] = p
 
 
 @njit(parallel=True)
