@@ -39,7 +39,18 @@ WINDOW_CHUNK_ROWS = 64  # windows per inner chunk (811 KB)
 WINDOW_SHARD_ROWS = 1024  # windows per shard file (13 MB)
 _NO_CHUNK = np.uint64(2**64 - 1)  # index entry of an absent inner chunk (sharding codec)
 _BUFFERS: dict = {}  # per-process reused buffers (first touch of new memory is slow)
-_WRITER = ThreadPoolExecutor(1, thread_name_prefix="store-write")  # file writes overlap decoding
+_THREADS: dict[str, ThreadPoolExecutor] = {}  # per-process helper threads, made on first use
+
+
+def helper_thread(name: str) -> ThreadPoolExecutor:
+    """A one-thread executor of this process (file writes and checksums overlap decoding)."""
+    if name not in _THREADS:
+        _THREADS[name] = ThreadPoolExecutor(1, thread_name_prefix=name)
+    return _THREADS[name]
+
+
+# a forked child has none of its parent's threads: it must make its own executors
+os.register_at_fork(after_in_child=_THREADS.clear)
 
 
 def fold_of(source_name: str) -> int:
@@ -112,7 +123,7 @@ class ShardedArrayWriter:
         used = -(-self.fill // self.chunk_rows)  # inner chunks holding data
         self.buf[self.fill : used * self.chunk_rows] = 0  # zero pad the last inner chunk
         key = self.path / "c" / str(self.n_shards) / "/".join("0" * len(self.row_shape))
-        self.pending[self.cur] = _WRITER.submit(self._write_shard, key, self.buf, used)
+        self.pending[self.cur] = helper_thread("store-write").submit(self._write_shard, key, self.buf, used)
         self.n_rows += self.fill
         self.n_shards += 1
         self.fill = 0
