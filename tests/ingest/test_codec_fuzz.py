@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from ingest import encode as E
@@ -77,6 +77,7 @@ def assert_matches_twin(path) -> None:
         kind, got = outcome(path, on_error)
         tkind, want = twin_outcome(path, on_error == "skip-record")
         assert kind == tkind, (on_error, got, want)
+        event(f"{on_error}: {kind}" + (f" ({len(got.skipped)} skipped)" if kind == "ok" else ""))
         if kind == "error":
             assert got.record == want.record
             continue
