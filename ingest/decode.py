@@ -1,9 +1,9 @@
 """The numba decoder of YouTube-8M TFRecord shards into columnar buffers.
 
-A shard is read into one reused buffer (`readinto`), its framing and both CRCs
-are checked in `ingest.tfrecord.scan_records`, and one numba call
-(`decode_records`, nogil) walks the protobuf wire format of a whole chunk of
-records, copying frames straight into preallocated output buffers. See
+A shard is read 8 MB at a time into one reused buffer (`readinto`), its framing
+and both CRCs are checked in `ingest.tfrecord.scan_records`, and one numba call
+(`decode_records`, nogil) walks the protobuf wire format of all the records of
+the block, copying frames straight into preallocated output buffers. See
 docs/codec.md for the accepted encodings, the kind rule and the error policy.
 
     dec = ShardDecoder(on_error="fail")        # or "skip-record"
