@@ -106,11 +106,12 @@ def child_tf(shards: list[str], readers: int, batch: int) -> dict:
           .map(parse, num_parallel_calls=tf.data.AUTOTUNE).prefetch(2))
     for _ in ds.take(2):  # warm-up (graph tracing)
         pass
+    cpu0 = _cpu_seconds()
     t0 = time.perf_counter()
     n = 0
     for ids, _, _ in ds:
         n += int(ids.shape[0])
-    return {"seconds": time.perf_counter() - t0, "videos": n}
+    return {"seconds": time.perf_counter() - t0, "videos": n, "cpu": _cpu_seconds() - cpu0}
 
 
 def child_tf_single(shards: list[str]) -> dict:
@@ -118,9 +119,10 @@ def child_tf_single(shards: list[str]) -> dict:
     from bench_decode import run_tf_pipeline
 
     one_pass = run_tf_pipeline(shards)
+    cpu0 = _cpu_seconds()
     t0 = time.perf_counter()
     n = one_pass()
-    return {"seconds": time.perf_counter() - t0, "videos": n}
+    return {"seconds": time.perf_counter() - t0, "videos": n, "cpu": _cpu_seconds() - cpu0}
 
 
 CHILDREN = {"convert": child_convert, "tf": child_tf, "tf-single": child_tf_single}
@@ -173,7 +175,7 @@ def main() -> None:
         res[place, workers, cores] = mb / t
         pin = f"pinned to {cores} core(s)" if cores else "not pinned"
         print(f"convert to {place}, {workers} worker(s), {pin}: {t:6.2f} s  {mb / t:7.1f} MB/s  "
-              f"CPU {cpu:5.2f} s  peak RSS per worker {rss:.0f} MiB")
+              f"CPU {cpu:5.2f} s  {mb / cpu:6.0f} MB/CPU-s  peak RSS per worker {rss:.0f} MiB")
     for place, _ in places:
         two = res[place, 2, 2]
         for ref in ((1, 1), (1, 0)):
@@ -192,14 +194,16 @@ def main() -> None:
         runs = [run_child("tf", shards, readers=readers, batch=batch)
                 for _ in range(a.repeats)]
         t = statistics.median(r["seconds"] for r in runs)
+        cpu = statistics.median(r["cpu"] for r in runs)
         print(f"TensorFlow parse-only, default threads (readers={readers}, batch={batch}): "
-              f"{t:6.2f} s  {mb / t:7.1f} MB/s")
+              f"{t:6.2f} s  {mb / t:7.1f} MB/s  CPU {cpu:5.2f} s  {mb / cpu:6.0f} MB/CPU-s")
         best = max(best or 0.0, mb / t)
     runs = [run_child("tf-single", shards) for _ in range(a.repeats)]
     t = statistics.median(r["seconds"] for r in runs)
+    cpu = statistics.median(r["cpu"] for r in runs)
     single = mb / t
     print(f"TensorFlow parse-only, one thread (bench_decode.run_tf_pipeline): {t:6.2f} s  "
-          f"{single:7.1f} MB/s")
+          f"{single:7.1f} MB/s  CPU {cpu:5.2f} s  {mb / cpu:6.0f} MB/CPU-s")
     for (place, workers, cores), r in sorted(res.items()):
         print(f"convert to {place}, {workers} worker(s), cores {cores or 'all'}: "
               f"/ TF best {r / best:.2f}x; / TF one thread {r / single:.2f}x (target >= 1x)")

@@ -16,6 +16,7 @@ import os
 import resource
 import shutil
 import sys
+import threading
 import time
 import uuid
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -80,16 +81,17 @@ def expand_sources(patterns) -> list[str]:
     return sorted(out)
 
 
-_DECODERS: dict = {}  # one decoder per mode and process: its buffers are reused across shards
+_DECODERS = threading.local()  # a decoder per mode and thread: its buffers are reused
 
 
 def _chunks(path: str, on_error: str, chunk_bytes: int):
     from ingest.decode import ShardDecoder
 
     mode = "skip-record" if on_error == "skip-record" else "fail"
-    if mode not in _DECODERS:
-        _DECODERS[mode] = ShardDecoder(on_error=mode)
-    return _DECODERS[mode].iter_chunks(path, chunk_bytes=chunk_bytes)
+    decoders = _DECODERS.__dict__
+    if mode not in decoders:
+        decoders[mode] = ShardDecoder(on_error=mode)
+    return decoders[mode].iter_chunks(path, chunk_bytes=chunk_bytes)
 
 
 def convert_shard(source: str, store: str, on_error: str = "fail",

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import zlib
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -38,7 +39,14 @@ FRAME_SHARD_ROWS = 16384  # frames per Zarr shard file (18.9 MB)
 WINDOW_CHUNK_ROWS = 64  # windows per inner chunk (811 KB)
 WINDOW_SHARD_ROWS = 1024  # windows per shard file (13 MB)
 _NO_CHUNK = np.uint64(2**64 - 1)  # index entry of an absent inner chunk (sharding codec)
-_BUFFERS: dict = {}  # per-process reused buffers (first touch of new memory is slow)
+_LOCAL = threading.local()  # reused buffers, one set per thread (a Dask worker may run
+# several conversions at once in threads); first touch of new memory is slow, so reuse
+
+
+def _buffers() -> dict:
+    if not hasattr(_LOCAL, "buffers"):
+        _LOCAL.buffers = {}
+    return _LOCAL.buffers
 _THREADS: dict[str, ThreadPoolExecutor] = {}  # per-process helper threads, made on first use
 
 
@@ -60,9 +68,10 @@ def fold_of(source_name: str) -> int:
 
 def _buffer(shape: tuple, k: int = 0) -> np.ndarray:
     """Buffer number k of this shape, allocated once per process."""
-    if (shape, k) not in _BUFFERS:
-        _BUFFERS[(shape, k)] = np.zeros(shape, np.uint8)
-    return _BUFFERS[(shape, k)]
+    bufs = _buffers()
+    if (shape, k) not in bufs:
+        bufs[(shape, k)] = np.zeros(shape, np.uint8)
+    return bufs[(shape, k)]
 
 
 def zarr_metadata(shape: tuple, chunk_rows: int, shard_rows: int) -> dict:
@@ -358,11 +367,11 @@ def _file_crcs(path: Path, arrays: list[ShardedArrayWriter]) -> dict[str, str]:
 
 def _buffer_windows(n: int) -> np.ndarray:
     """A reused (≥n, 11, 1152) buffer for one chunk's windows (grows by doubling)."""
-    cur = _BUFFERS.get("windows")
+    cur = _buffers().get("windows")
     if cur is None or len(cur) < n:
         cur = np.empty((max(n, 2 * (0 if cur is None else len(cur)), 256),
                         seg.WINDOW_FRAMES, FRAME_BYTES), np.uint8)
-        _BUFFERS["windows"] = cur
+        _buffers()["windows"] = cur
     return cur
 
 

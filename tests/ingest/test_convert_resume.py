@@ -98,3 +98,18 @@ def test_dask_cluster_store_equals_local(shards, reference, tmp_path):
                                         executor=f"dask://{addr}", progress=False))
     assert summary["converted"] == len(shards)
     assert tree(out) == tree(reference)
+
+
+def test_threads_of_one_process_convert_independently(shards, reference, tmp_path):
+    """A Dask worker may run several convert_shard calls at once in threads."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ingest.convert import convert_shard
+
+    out = tmp_path / "store"
+    (out / "parts").mkdir(parents=True)
+    with ThreadPoolExecutor(3) as pool:
+        results = list(pool.map(lambda s: convert_shard(str(s), str(out)), shards))
+    assert [r["status"] for r in results] == ["converted"] * len(shards)
+    convert(ConvertConfig(sources=tuple(map(str, shards)), out=str(out), progress=False))
+    assert tree(out) == tree(reference)
