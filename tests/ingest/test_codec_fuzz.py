@@ -183,3 +183,42 @@ def test_truncated_file_is_an_error(tmp_path, shard, cut):
         return
     with pytest.raises(ShardError, match="truncated"):
         decode_shard(path, on_error="skip-record")
+
+
+@FUZZ
+@given(st.binary(max_size=24), st.integers(0, 30), st.integers(0, 30))
+def test_wire_varint_and_skip_match_the_twin(data, pos, end):
+    """The numba wire primitives against the plain-Python twin, on random bytes and bounds."""
+    from ingest import wire
+
+    buf = np.frombuffer(data, np.uint8).copy()
+    end = min(end, len(buf))
+    pos = min(pos, end)
+    value, new = wire.read_varint(buf, pos, end)
+    try:
+        want, want_pos = pydecode.read_varint(data, pos, end)
+    except pydecode.Bad:
+        assert new < 0
+    else:
+        assert (int(value), new) == (want, want_pos)
+    got = wire.skip_field(buf, pos, end, wire.LEN)
+    try:
+        n, p = pydecode.read_varint(data, pos, end)
+        assert got == (p + n if n <= end - p else -wire.LEN_PAST_END)
+    except pydecode.Bad:
+        assert got < 0
+
+
+@FUZZ
+@given(st.integers(0, 2000), st.integers(0, 1151), st.integers(0, 3000), st.integers(0, 9))
+def test_copy_bytes_matches_numpy(n, dst_off, src_off, row):
+    from ingest import wire
+
+    rng = np.random.default_rng(n)
+    src = rng.integers(0, 256, src_off + n, dtype=np.uint8)
+    dst = rng.integers(0, 256, (10 + (dst_off + n) // 1152 + 1, 1152), dtype=np.uint8)
+    want = dst.copy()
+    start = row * 1152 + dst_off
+    want.reshape(-1)[start : start + n] = src[src_off : src_off + n]
+    wire.copy_bytes(dst, start, src, src_off, n)
+    np.testing.assert_array_equal(dst, want)
