@@ -38,7 +38,7 @@ from ingest.store import (
 )
 
 ON_ERROR = ("fail", "skip-record", "skip-shard")
-CHUNK_BYTES = 64 << 20  # source bytes decoded per chunk: bounds a worker's memory
+CHUNK_BYTES = 16 << 20  # source bytes decoded per chunk: bounds a worker's memory
 COUNT_KEYS = ("videos", "video_level", "frames", "rated_segments", "positives",
               "outside_video", "unknown_class", "candidates", "skipped_records")
 

@@ -8,12 +8,12 @@ into a (temporary) part directory:
 - `videos.parquet`, `segments.parquet`, `candidates.parquet`, `video_level.parquet`;
 - `negatives.npy` `(V, 125)` uint8, packed mined negatives (paper §3.6).
 
-Memory is bounded whatever the shard size: frames and windows go through one
-shard-sized buffer each (allocated once per process and reused), written out as a
-complete Zarr shard file whenever it fills. The shard files are written here
-directly (uncompressed inner chunks back to back, then the index: (offset, nbytes)
-uint64 pairs and their CRC-32C, as the Zarr v3 sharding codec specifies) so no
-per-shard buffer is allocated; `zarr.json` is written last with the final shape.
+Memory is bounded whatever the shard size: the decoded frames of a chunk are written
+straight into the open Zarr shard file, and a chunk's windows go through one reused
+buffer. The shard files are written here directly (uncompressed inner chunks back to
+back, then the index: (offset, nbytes) uint64 pairs and their CRC-32C, as the Zarr v3
+sharding codec specifies), so nothing is staged or copied on the way; `zarr.json` is
+written last with the final shape.
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ import json
 import os
 import threading
 import zlib
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import google_crc32c
@@ -47,7 +47,7 @@ def _buffers() -> dict:
     if not hasattr(_LOCAL, "buffers"):
         _LOCAL.buffers = {}
     return _LOCAL.buffers
-_THREADS: dict[str, ThreadPoolExecutor] = {}  # per-process helper threads, made on first use
+_THREADS: dict[str, ThreadPoolExecutor] = {}  # per-process helper threads (source checksum)
 
 
 def helper_thread(name: str) -> ThreadPoolExecutor:
@@ -64,14 +64,6 @@ os.register_at_fork(after_in_child=_THREADS.clear)
 def fold_of(source_name: str) -> int:
     """Fold 0..7 of a shard: CRC-32 of its base name mod 8 (stable across runs and machines)."""
     return zlib.crc32(os.path.basename(source_name).encode()) % N_FOLDS
-
-
-def _buffer(shape: tuple, k: int = 0) -> np.ndarray:
-    """Buffer number k of this shape, allocated once per process."""
-    bufs = _buffers()
-    if (shape, k) not in bufs:
-        bufs[(shape, k)] = np.zeros(shape, np.uint8)
-    return bufs[(shape, k)]
 
 
 def zarr_metadata(shape: tuple, chunk_rows: int, shard_rows: int) -> dict:
@@ -95,89 +87,89 @@ def zarr_metadata(shape: tuple, chunk_rows: int, shard_rows: int) -> dict:
 class ShardedArrayWriter:
     """Append rows of shape `row_shape` (uint8) to a Zarr v3 sharded array, streaming.
 
-    Rows collect in a `(shard_rows, *row_shape)` buffer; a full buffer becomes the
-    shard file `c/<k>/0[/0]`, written by a background thread while the other of two
-    buffers fills (the write releases the GIL, so it overlaps decoding). `close()` writes the last partial shard (its last inner
-    chunk zero padded, absent chunks marked in the index) and `zarr.json`.
+    Rows go straight from the caller's array into the open shard file `c/<k>/0[/0]`
+    (no staging copy; the CRC-32C of the file is updated on the way). When a shard holds
+    `shard_rows` rows, or at `close()`, its last inner chunk is zero padded, the index
+    ((offset, nbytes) uint64 per inner chunk, absent ones all ones) and the index's
+    CRC-32C are appended and the file is closed; `close()` writes `zarr.json`.
     """
 
     def __init__(self, path: Path, row_shape: tuple, chunk_rows: int, shard_rows: int):
         assert shard_rows % chunk_rows == 0
         self.path, self.row_shape = Path(path), tuple(row_shape)
         self.chunk_rows, self.shard_rows = chunk_rows, shard_rows
-        # two buffers: one fills while the other is written out by a background thread
-        self.bufs = [_buffer((shard_rows, *row_shape), k) for k in range(2)]
-        self.pending: list[Future | None] = [None, None]
-        self.cur = 0
-        self.buf = self.bufs[0]
-        self.fill = 0  # rows in the buffer
-        self.n_rows = 0  # rows handed to the writer thread in shard files
+        self.row_bytes = int(np.prod(self.row_shape))
+        self.file = None  # the open shard file
+        self.fill = 0  # rows in the open shard file
+        self.crc = 0  # CRC-32C of the open shard file so far
+        self.n_rows = 0  # rows in closed shard files
         self.n_shards = 0
         self.crcs: dict[str, int] = {}  # CRC-32C of each file written, by path below `path`
         self.path.mkdir(parents=True)
 
+    @property
+    def rows_written(self) -> int:
+        return self.n_rows + self.fill
+
     def append(self, rows: np.ndarray) -> None:
-        """rows: (n, *row_shape) uint8."""
+        """rows: (n, *row_shape) uint8, C-contiguous."""
+        rows = np.ascontiguousarray(rows).reshape(len(rows), self.row_bytes)
         i = 0
         while i < len(rows):
+            if self.file is None:
+                self._open()
             take = min(len(rows) - i, self.shard_rows - self.fill)
-            self.buf[self.fill : self.fill + take] = rows[i : i + take]
+            self._write(rows[i : i + take])
             self.fill += take
             i += take
             if self.fill == self.shard_rows:
-                self._flush()
+                self._finish()
 
-    def _flush(self) -> None:
-        """Hand the current buffer to the writer thread and switch to the other one."""
-        used = -(-self.fill // self.chunk_rows)  # inner chunks holding data
-        self.buf[self.fill : used * self.chunk_rows] = 0  # zero pad the last inner chunk
+    def _open(self) -> None:
         key = self.path / "c" / str(self.n_shards) / "/".join("0" * len(self.row_shape))
-        self.pending[self.cur] = helper_thread("store-write").submit(self._write_shard, key, self.buf, used)
-        self.n_rows += self.fill
-        self.n_shards += 1
-        self.fill = 0
-        self.cur ^= 1
-        self.buf = self.bufs[self.cur]
-        self._wait(self.cur)  # the next buffer must be written out before it is refilled
+        key.parent.mkdir(parents=True, exist_ok=True)
+        # the file stays open across append() calls; _finish() or abort() closes it
+        self.key, self.file, self.fill, self.crc = key, open(key, "wb"), 0, 0  # noqa: SIM115
 
-    def _wait(self, k: int) -> None:
-        if self.pending[k] is not None:
-            self.pending[k].result()
-            self.pending[k] = None
+    def _write(self, data: np.ndarray) -> None:
+        view = data.view()
+        view.flags.writeable = False  # google_crc32c reads read-only buffers only
+        self.file.write(view)
+        self.crc = google_crc32c.extend(self.crc, view)
 
-    def _write_shard(self, key: Path, buf: np.ndarray, used: int) -> None:
-        """One shard file: `used` uncompressed inner chunks, then the index and its CRC."""
-        chunk_bytes = self.chunk_rows * int(np.prod(self.row_shape))
+    def _finish(self) -> None:
+        """Pad the last inner chunk, append the index and its CRC, close the shard file."""
+        used = -(-self.fill // self.chunk_rows)  # inner chunks holding data
+        pad = used * self.chunk_rows - self.fill
+        if pad:
+            self._write(np.zeros((pad, self.row_bytes), np.uint8))
+        chunk_bytes = self.chunk_rows * self.row_bytes
         index = np.full((self.shard_rows // self.chunk_rows, 2), _NO_CHUNK, np.uint64)
         index[:used, 0] = np.arange(used, dtype=np.uint64) * np.uint64(chunk_bytes)
         index[:used, 1] = chunk_bytes
         raw = index.astype("<u8").tobytes()
         raw += google_crc32c.value(raw).to_bytes(4, "little")
-        data = buf[: used * self.chunk_rows].view()
-        data.flags.writeable = False  # google_crc32c reads read-only buffers only
-        key.parent.mkdir(parents=True, exist_ok=True)
-        with open(key, "wb") as f:
-            f.write(data)
-            f.write(raw)
-        self.crcs[key.relative_to(self.path).as_posix()] = google_crc32c.extend(
-            google_crc32c.value(data), raw)
+        self.file.write(raw)
+        self.file.close()
+        self.crcs[self.key.relative_to(self.path).as_posix()] = google_crc32c.extend(
+            self.crc, raw)
+        self.n_rows += self.fill
+        self.n_shards += 1
+        self.file, self.fill = None, 0
 
     def close(self) -> int:
-        """Write the last shard and the metadata; returns the number of rows."""
-        if self.fill:
-            self._flush()
-        self._wait(0)
-        self._wait(1)
+        """Finish the last shard and write the metadata; returns the number of rows."""
+        if self.file is not None:
+            self._finish()
         meta = zarr_metadata((self.n_rows, *self.row_shape), self.chunk_rows, self.shard_rows)
         (self.path / "zarr.json").write_text(json.dumps(meta, indent=2))
         return self.n_rows
 
     def abort(self) -> None:
-        """Wait for writes in flight (after an error, before the directory is removed)."""
-        for k in (0, 1):
-            if self.pending[k] is not None:
-                self.pending[k].exception()
-                self.pending[k] = None
+        """Close the open shard file (after an error, before the directory is removed)."""
+        if self.file is not None:
+            self.file.close()
+            self.file = None
 
 
 class PartWriter:
@@ -263,7 +255,7 @@ class PartWriter:
         fo = np.asarray(chunk.frame_offsets, np.int64)
         n_frames = np.diff(fo)
         cols = self._common(chunk, records, first)
-        cols["frame_offset"] = pa.array(fo[:-1] + self.frames.n_rows + self.frames.fill)
+        cols["frame_offset"] = pa.array(fo[:-1] + self.frames.rows_written)
         cols["n_frames"] = pa.array(n_frames.astype(np.int32))
         so = np.asarray(chunk.segment_offsets, np.int64)
         cols["n_rated"] = pa.array(np.diff(so).astype(np.int32))
@@ -285,7 +277,7 @@ class PartWriter:
         lo, hi, pl, pr = seg.window_spans(starts, nf)
         win = seg.gather_windows(chunk.frames, fo[video], lo, hi, pl,
                                  out=_buffer_windows(s))
-        window_first = self.windows.n_rows + self.windows.fill
+        window_first = self.windows.rows_written
         self.windows.append(win)
         ids = np.asarray(chunk.ids, object)[video]
         labels = np.asarray(chunk.segment_labels[:s], np.int64)
