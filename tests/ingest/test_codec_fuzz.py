@@ -105,6 +105,8 @@ MUTATIONS = ["flip", "byte", "insert", "delete", "truncate", "varint", "length"]
 
 
 def mutate(data: bytes, how: str, pos: int, value: int) -> bytes:
+    if not data and how in ("flip", "byte", "delete"):
+        return data
     pos %= max(len(data), 1)
     if how == "flip":
         return data[:pos] + bytes([data[pos] ^ (1 << (value % 8))]) + data[pos + 1 :]
