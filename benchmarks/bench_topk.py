@@ -1,0 +1,195 @@
+"""Benchmark `predict topk` against numpy argpartition and a plain sequential read.
+
+    .venv/bin/python benchmarks/bench_topk.py --help
+    .venv/bin/python benchmarks/bench_topk.py --rows 1000000 --models 3
+    .venv/bin/python benchmarks/bench_topk.py --rows 1704348 --models 1 --repeats 1 --full
+
+Generates quantised prediction files with PredictionWriter under
+bench_data/predict/ (2 GB per model at 1,000,000 rows; many ties: scores are
+skewed towards 0 like real sigmoid outputs), warms the page cache, then measures,
+each in its own subprocess and the median of --repeats runs:
+
+- project: `predict.topk.top_k` over 1 model and over --models models (the two
+  counting passes; the CSV writing is timed separately), and the peak anonymous
+  memory of that process (RssAnon from /proc/self/status, sampled every 5 ms);
+- baseline (a): per class column, gather the column from the memory-mapped
+  matrices, rounded ensemble mean, `np.argpartition` for the top K, sort those K;
+  timed on --baseline-classes classes and extrapolated to 1000 (said in the output);
+- baseline (b): one sequential read pass (readinto a reused 16 MB buffer) over
+  the same .npy bytes, per model.
+
+`--keep` leaves the generated files; by default they are deleted at the end.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+DATA = ROOT / "bench_data" / "predict"
+READ_CHUNK = 16 << 20
+
+
+def rss_anon_kb() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1])
+    return 0
+
+
+class AnonPeak:
+    """Sample RssAnon in a thread; `.peak_mb` after the block."""
+
+    def __enter__(self):
+        self.peak, self._stop = rss_anon_kb(), threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+        return self
+
+    def _run(self):
+        while not self._stop.wait(0.005):
+            self.peak = max(self.peak, rss_anon_kb())
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._t.join()
+        self.peak = max(self.peak, rss_anon_kb())
+        self.peak_mb = self.peak / 1024
+
+
+def generate(path: Path, rows: int, seed: int) -> None:
+    """A skewed random (rows, 1000) prediction file: p = u**6, many small equal scores."""
+    from predict.predictions import PredictionWriter
+
+    if path.exists():
+        return
+    vids = np.char.add("v", (np.arange(rows) // 20).astype(str))
+    starts = (np.arange(rows) % 20 * 5 + 30).astype(np.int32)
+    rng = np.random.default_rng(seed)
+    block = 16384
+    with PredictionWriter(path, vids, starts) as w:
+        for r0 in range(0, rows, block):
+            u = rng.random((min(block, rows - r0), 1000), np.float32)
+            w.write(u ** 6)
+
+
+def read_pass(path: Path) -> float:
+    buf = bytearray(READ_CHUNK)
+    t = time.perf_counter()
+    with open(path, "rb", buffering=0) as f:
+        while f.readinto(buf):
+            pass
+    return time.perf_counter() - t
+
+
+def worker_topk(paths: list[str], k: int) -> dict:
+    from predict.predictions import open_ensemble
+    from predict.submission import write_submission
+    from predict.topk import top_k
+
+    warm = np.zeros((100, 1000), np.uint16)
+    warm.setflags(write=False)  # the memory maps are read-only: load that specialisation
+    top_k([warm] * len(paths), k=10, progress=False)
+    models = open_ensemble(paths)
+    with AnonPeak() as peak:
+        t0, c0 = time.perf_counter(), time.process_time()
+        rows = top_k([m.scores for m in models], k=k, progress=False)
+        t1, c1 = time.perf_counter(), time.process_time()
+    out = DATA / "bench_submission.csv"
+    write_submission(out, rows, models[0].segments)
+    t2 = time.perf_counter()
+    size = out.stat().st_size
+    out.unlink()
+    return {"topk_s": t1 - t0, "topk_cpu_s": c1 - c0, "csv_s": t2 - t1, "anon_peak_mb": peak.peak_mb, "csv_mb": size / 2**20}
+
+
+def worker_argpartition(paths: list[str], k: int, n_classes: int) -> dict:
+    mats = [np.load(p, mmap_mode="r") for p in paths]
+    m = len(mats)
+    gather = select = 0.0
+    for c in np.linspace(0, 999, n_classes).astype(int):
+        t0 = time.perf_counter()
+        total = sum(np.asarray(x[:, c], np.int64) for x in mats)
+        col = (2 * total + m) // (2 * m)
+        t1 = time.perf_counter()
+        part = np.argpartition(-col, k - 1)[:k]
+        part[np.argsort(-col[part], kind="stable")]
+        select += time.perf_counter() - t1
+        gather += t1 - t0
+    scale = 1000 / n_classes
+    return {"gather_s": gather * scale, "select_s": select * scale, "total_s": (gather + select) * scale}
+
+
+def run_worker(args: list[str]) -> dict:
+    cmd = [sys.executable, __file__, "--worker", *args]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def median_of(repeats: int, fn) -> dict:
+    runs = [fn() for _ in range(repeats)]
+    return {key: float(np.median([r[key] for r in runs])) for key in runs[0]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rows", type=int, default=1_000_000)
+    ap.add_argument("--models", type=int, default=3)
+    ap.add_argument("--k", type=int, default=100_000)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--baseline-classes", type=int, default=8)
+    ap.add_argument("--full", action="store_true", help="project and read pass only (no argpartition)")
+    ap.add_argument("--keep", action="store_true", help="keep the generated files")
+    ap.add_argument("--worker", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.worker:
+        kind, k, *rest = a.worker
+        if kind == "topk":
+            print(json.dumps(worker_topk(rest, int(k))))
+        else:
+            print(json.dumps(worker_argpartition(rest[1:], int(k), int(rest[0]))))
+        return
+    DATA.mkdir(parents=True, exist_ok=True)
+    paths = [DATA / f"m{a.rows}_{i}.npy" for i in range(a.models)]
+    for i, p in enumerate(paths):
+        print(f"generating {p} ...", file=sys.stderr)
+        generate(p, a.rows, seed=i)
+    for p in paths:
+        read_pass(p)  # warm the page cache
+    gb = paths[0].stat().st_size / 1e9
+    print(f"# {a.rows} segments x 1000 classes, {gb:.2f} GB per model, K = {a.k}, "
+          f"median of {a.repeats}")
+    read_s = float(np.median([read_pass(paths[0]) for _ in range(a.repeats)]))
+    print(f"baseline (b) sequential read, 1 model: {read_s:.2f} s ({gb / read_s:.2f} GB/s)")
+    for n in sorted({1, a.models}):
+        sel = [str(p) for p in paths[:n]]
+        proj = median_of(a.repeats, lambda sel=sel: run_worker(["topk", str(a.k), *sel]))
+        print(f"project top_k, {n} model(s): {proj['topk_s']:.2f} s "
+              f"({proj['topk_cpu_s']:.1f} s CPU) "
+              f"(+ CSV {proj['csv_s']:.2f} s, {proj['csv_mb']:.0f} MB), "
+              f"anon peak {proj['anon_peak_mb']:.0f} MB; "
+              f"vs read pass x{n}: {proj['topk_s'] / (n * read_s):.2f}x")
+        if a.full:
+            continue
+        base = median_of(1, lambda sel=sel: run_worker(
+            ["argpartition", str(a.k), str(a.baseline_classes), *sel]))
+        print(f"baseline (a) argpartition per column, {n} model(s): {base['total_s']:.1f} s "
+              f"(extrapolated from {a.baseline_classes} classes: gather {base['gather_s']:.1f} s, "
+              f"select {base['select_s']:.1f} s); project is {base['total_s'] / proj['topk_s']:.1f}x faster")
+    if not a.keep:
+        for p in paths:
+            p.unlink()
+            p.with_name(p.name.removesuffix(".npy") + ".segments.parquet").unlink()
+
+
+if __name__ == "__main__":
+    main()
