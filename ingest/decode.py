@@ -709,11 +709,15 @@ class ShardDecoder:
             while file_off < size:
                 if len(self._raw) < limit:
                     self._grow_raw(limit, filled)
-                filled += _fill(f, self._raw, filled, limit)
+                got = _fill(f, self._raw, filled, limit)
+                filled += got
                 spans = scan_records(self._raw, filled, path=path, file_offset=file_off,
                                      first_record=record, file_size=size,
                                      skip_bad_crc=self.on_error == "skip-record")
                 if spans.n_records == 0:  # the next record is larger than the buffer
+                    if got == 0:
+                        raise ShardError(path, record, file_off, "the file ended early "
+                                         "(it shrank while being read)")
                     limit = spans.need
                     continue
                 self._decode_block(path, spans, skipped)

@@ -194,3 +194,17 @@ def test_record_numbers_are_global_across_chunks(tmp_path):
 def test_bad_on_error_value():
     with pytest.raises(ValueError):
         ShardDecoder(on_error="ignore")
+
+
+@pytest.mark.timeout(60)
+def test_file_shrinking_while_read_is_an_error_not_a_hang(tmp_path):
+    path = tmp_path / "shrink.tfrecord"
+    write_tfrecord(path, [E.encode_video(frame_video(i, n=3)) for i in range(6)])
+    offs = [off for _, off, _ in iter_records(path)]
+    chunks = ShardDecoder().iter_chunks(path, chunk_bytes=offs[1])
+    assert next(chunks).ids == ["v0"]
+    with open(path, "r+b") as f:
+        f.truncate(offs[3] + 20)
+    with pytest.raises(ShardError, match="ended early"):
+        for _ in chunks:
+            pass
