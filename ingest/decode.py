@@ -533,7 +533,8 @@ def decode_records(buf, starts, lengths, offsets, i0, frames, frame_off, id_byte
 @njit
 def _read_segments(buf, ctx_a, ctx_b, seg_labels, seg_start, seg_end, seg_scores, ns, err, i):
     """The four segment features of a record -> (status, n segments, 0)."""
-    cap = seg_labels.shape[0] - ns
+    cap = min(seg_labels.shape[0], seg_start.shape[0], seg_end.shape[0],
+              seg_scores.shape[0] // FLOAT_BYTES) - ns
     counts = np.zeros(4, np.int64)
     keys = (K_SEG_LABELS, K_SEG_START, K_SEG_SCORES, K_SEG_END)
     for j in range(4):
