@@ -475,19 +475,9 @@ def decode_records(buf, starts, lengths, offsets, i0, frames, frame_off, id_byte
             return _fail(err, fl_status, i, 0, 0, 0, -1)
         if cnt[C_KIND] != KIND_NONE and kind != cnt[C_KIND]:
             return _fail(err, wire.MIXED_KIND, i, kind, cnt[C_KIND], 0, -1)
-        # id: exactly one bytes value
-        if ctx_a[K_ID] < 0:
-            return _fail(err, wire.ID_COUNT, i, 0, 0, 0, -1)
-        nv, va, vb, st = read_bytes_feature(buf, ctx_a[K_ID], ctx_b[K_ID])
+        n_id, st = _read_id(buf, ctx_a, ctx_b, id_bytes, nb, err, i)
         if st != OK:
-            return _fail(err, st, i, 0, 0, 0, K_ID)
-        if nv != 1:
-            return _fail(err, wire.ID_COUNT, i, nv, 0, 0, -1)
-        if not valid_utf8(buf, va, vb):
-            return _fail(err, wire.ID_UTF8, i, 0, 0, 0, -1)
-        if nb + (vb - va) > id_bytes.shape[0]:
-            return _fail(err, wire.OUT_OF_SPACE, i, B_ID_BYTES, nb + (vb - va), 0, 0)
-        copy_bytes(id_bytes, nb, buf, va, vb - va)
+            return st
         # labels (absent in test records)
         n_lab = 0
         if ctx_a[K_LABELS] >= 0:
@@ -497,8 +487,8 @@ def decode_records(buf, starts, lengths, offsets, i0, frames, frame_off, id_byte
             if nl + n_lab > labels.shape[0]:
                 return _fail(err, wire.OUT_OF_SPACE, i, B_LABELS, nl + n_lab, 0, 0)
         # rated segments: equal lengths; end times optional
-        st, n_seg, _ = _read_segments(buf, ctx_a, ctx_b, seg_labels, seg_start, seg_end,
-                                         seg_scores, ns, err, i)
+        st, n_seg = _read_segments(buf, ctx_a, ctx_b, seg_labels, seg_start, seg_end,
+                                   seg_scores, ns, err, i)
         if st != OK:
             return st
         # features
@@ -518,12 +508,12 @@ def decode_records(buf, starts, lengths, offsets, i0, frames, frame_off, id_byte
         has_labels[v] = ctx_a[K_LABELS] >= 0
         record_off[v] = offsets[i]
         frame_off[v + 1] = f + n_fr
-        id_off[v + 1] = nb + (vb - va)
+        id_off[v + 1] = nb + n_id
         label_off[v + 1] = nl + n_lab
         seg_off[v + 1] = ns + n_seg
         cnt[C_VIDEOS] = v + 1
         cnt[C_FRAMES] = f + n_fr
-        cnt[C_ID_BYTES] = nb + (vb - va)
+        cnt[C_ID_BYTES] = nb + n_id
         cnt[C_LABELS] = nl + n_lab
         cnt[C_SEGMENTS] = ns + n_seg
         cnt[C_KIND] = kind
@@ -531,8 +521,26 @@ def decode_records(buf, starts, lengths, offsets, i0, frames, frame_off, id_byte
 
 
 @njit
+def _read_id(buf, ctx_a, ctx_b, id_bytes, nb, err, i):
+    """`id` (exactly one UTF-8 bytes value) -> id_bytes[nb:]; returns (its length, status)."""
+    if ctx_a[K_ID] < 0:
+        return 0, _fail(err, wire.ID_COUNT, i, 0, 0, 0, -1)
+    nv, va, vb, st = read_bytes_feature(buf, ctx_a[K_ID], ctx_b[K_ID])
+    if st != OK:
+        return 0, _fail(err, st, i, 0, 0, 0, K_ID)
+    if nv != 1:
+        return 0, _fail(err, wire.ID_COUNT, i, nv, 0, 0, -1)
+    if not valid_utf8(buf, va, vb):
+        return 0, _fail(err, wire.ID_UTF8, i, 0, 0, 0, -1)
+    if nb + (vb - va) > id_bytes.shape[0]:
+        return 0, _fail(err, wire.OUT_OF_SPACE, i, B_ID_BYTES, nb + (vb - va), 0, 0)
+    copy_bytes(id_bytes, nb, buf, va, vb - va)
+    return vb - va, OK
+
+
+@njit
 def _read_segments(buf, ctx_a, ctx_b, seg_labels, seg_start, seg_end, seg_scores, ns, err, i):
-    """The four segment features of a record -> (status, n segments, 0)."""
+    """The four segment features of a record -> (status, n segments)."""
     cap = min(seg_labels.shape[0], seg_start.shape[0], seg_end.shape[0],
               seg_scores.shape[0] // FLOAT_BYTES) - ns
     counts = np.zeros(4, np.int64)
@@ -550,18 +558,18 @@ def _read_segments(buf, ctx_a, ctx_b, seg_labels, seg_start, seg_end, seg_scores
         else:
             c, st = read_int64_feature(buf, ctx_a[k], ctx_b[k], seg_end, ns)
         if st != OK:
-            return _fail(err, st, i, 0, 0, 0, k), 0, 0
+            return _fail(err, st, i, 0, 0, 0, k), 0
         counts[j] = c
     n = counts[0]
     has_end = ctx_a[K_SEG_END] >= 0
     if counts[1] != n or counts[2] != n or (has_end and counts[3] != n):
         e = counts[3] if has_end else -1
-        return _fail(err, wire.SEG_MISMATCH, i, counts[0], counts[1], counts[2], e), 0, 0
+        return _fail(err, wire.SEG_MISMATCH, i, counts[0], counts[1], counts[2], e), 0
     if n > cap:
-        return _fail(err, wire.OUT_OF_SPACE, i, B_SEGMENTS, ns + n, 0, 0), 0, 0
+        return _fail(err, wire.OUT_OF_SPACE, i, B_SEGMENTS, ns + n, 0, 0), 0
     if not has_end:
         seg_end[ns : ns + n] = wire.U64_MAX  # -1: the record has no end times
-    return OK, n, 0
+    return OK, n
 
 
 @njit
