@@ -675,7 +675,9 @@ class _Outputs:
             old = getattr(self, name)
             if len(old) >= n:
                 continue
-            new = np.empty((max(n, 2 * len(old)),) + old.shape[1:], old.dtype)
+            # headroom: untouched pages of np.empty cost no memory, and the next shard,
+            # slightly larger, then reuses this buffer (touching new memory is slow)
+            new = np.empty((max(n + n // 4, 2 * len(old)),) + old.shape[1:], old.dtype)
             new[:keep] = old[:keep]
             setattr(self, name, new)
 
