@@ -141,10 +141,14 @@ class RowArray:
     def take(self, index: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """Rows at `index` (n,) → (n, *row_shape) uint8."""
         index = np.asarray(index, np.int64)
+        if len(index) and (index.min() < 0 or index.max() >= self.shape[0]):
+            raise IndexError(f"row index outside {self.path} of {self.shape[0]} rows")
         if out is None:
             out = np.empty((len(index), *self.row_shape), np.uint8)
-        for i, r in enumerate(index):
-            self.rows(int(r), int(r) + 1, out[i : i + 1])
+        shard = index // self.shard_rows
+        for k in np.unique(shard):  # one fancy-indexed gather per shard file
+            sel = np.nonzero(shard == k)[0]
+            out[sel] = self._shard(int(k))[index[sel] - k * self.shard_rows]
         return out
 
 
@@ -245,9 +249,10 @@ class Store:
         part = np.searchsorted(self._window_base, win, side="right") - 1
         if out is None:
             out = np.empty((len(rows), WINDOW_FRAMES, FRAME_BYTES), np.uint8)
-        for i, (p, w) in enumerate(zip(part, win)):
-            local = int(w - self._window_base[p])
-            self._array(int(p), "windows.zarr").rows(local, local + 1, out[i : i + 1])
+        out = out[: len(rows)]
+        for p in np.unique(part):  # one gather per part
+            sel = np.nonzero(part == p)[0]
+            out[sel] = self._array(int(p), "windows.zarr").take(win[sel] - self._window_base[p])
         return out
 
     def candidate_windows(self, candidate_rows, out: np.ndarray | None = None) -> np.ndarray:
