@@ -26,7 +26,7 @@ VARINT, I64, LEN, I32 = 0, 1, 2, 5  # protobuf wire types
 
 def varint(value: int) -> bytes:
     """Base-128 varint; negative int64 values take ten bytes (two's complement)."""
-    value &= (1 << 64) - 1
+    value = int(value) & ((1 << 64) - 1)  # int(): numpy integers would overflow the mask
     out = bytearray()
     while True:
         b = value & 0x7F
