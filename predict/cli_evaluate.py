@@ -36,7 +36,9 @@ def evaluate(submission, truth_path, k, as_json) -> None:
     if k < 1:
         raise SubmissionError(f"--k must be at least 1, got {k}")
     truth = truth_by_class(read_truth(truth_path))
-    result = mean_average_precision(read_submission(submission, k), truth, k)
+    # The file may hold up to the challenge's 100,000 entries per class; MAP@k cuts them to k.
+    rows = read_submission(submission, max(k, DEFAULT_K))
+    result = mean_average_precision(rows, truth, k)
     if as_json:
         click.echo(json.dumps(result.to_json()))
     else:

@@ -3,8 +3,10 @@
 Scores are integers 0..9999 (predict/predictions.py), so a class's scores fall in
 exactly N_BUCKETS buckets and the top K is found without sorting:
 
-1. histogram pass: per class, count the segments of each bucket; the boundary
-   bucket `t` is the highest with `count(score >= t) >= K`;
+1. histogram pass: per class, count the segments of each bucket at or above a
+   floor that rises as soon as K counted scores lie above it (so only about K/N of
+   the scores are counted); the boundary bucket `t` is the highest with
+   `count(score >= t) >= K`;
 2. collect pass: every segment above `t` goes straight to its place in a
    descending counting sort (row order within a bucket); of the `cnt(t)` segments
    in the boundary bucket, the `need = K - count(score > t)` whose ordinals a
@@ -12,7 +14,9 @@ exactly N_BUCKETS buckets and the top K is found without sorting:
    with the same generator: the only random part of the output.
 
 Both passes stream row blocks of memory-mapped matrices (nothing of size
-n_segments × 1000 is allocated) and run in parallel over groups of classes. The
+n_segments × 1000 is allocated) and run in parallel over groups of classes;
+inside a block they walk tiles of rows and first compact, branch-free, the few
+scores of a column that pass the floor or boundary. The
 ensemble score is the mean of the models' values rounded half up:
 `(2 * sum + M) // (2 * M)`, in integers, identically in every path.
 Memory: the histogram (1000 × 10,000 int32, 40 MB), one block buffer, and the

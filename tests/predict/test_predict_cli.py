@@ -59,6 +59,8 @@ def test_end_to_end_perfect_predictions_score_one(world):
     result = evaluate_json(world, out, 50)
     assert result["map"] == 1.0 and result["k"] == 50
     assert result["classes"] == len(result["per_class"]) > 100
+    cut = evaluate_json(world, out, 1)  # a file longer than k is cut to k, not refused
+    assert cut["k"] == 1 and cut["map"] < 1.0
     lines = out.read_text().splitlines()
     assert lines[0] == "Class,Segments" and len(lines) == 1001
     assert all(len(line.split(",")[1].split(" ")) == 50 for line in lines[1:])
