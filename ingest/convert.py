@@ -114,6 +114,9 @@ def convert_shard(source: str, store: str, on_error: str = "fail",
         except ShardError as err:
             result["status"] = "skipped" if on_error == "skip-shard" else "failed"
             result["error"] = str(err)
+        except OSError as err:  # unreadable source, full disk, no permission: stop the run
+            result["status"] = "failed"
+            result["error"] = f"{err.filename or source}: {err.strerror or err}"
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     if result["status"] == "existing":

@@ -125,3 +125,12 @@ def test_info_and_verify(good, tmp_path):
     (out / "parts" / good[0].stem / "videos.parquet").unlink()
     res = run("verify", out)
     assert res.exit_code == 1 and "videos.parquet: missing" in res.output
+
+
+def test_os_error_while_writing_is_one_line(good, tmp_path):
+    out = tmp_path / "store"
+    (out / "parts").mkdir(parents=True)
+    (out / "parts" / good[0].stem).write_text("a file where the part directory must go")
+    line = one_line_error(run("convert", good[0], "--out", out, "--quiet"))
+    assert good[0].stem in line
+    assert not (out / "manifest.json").exists()
