@@ -116,7 +116,9 @@ def convert_shard(source: str, store: str, on_error: str = "fail",
             result["error"] = str(err)
         except OSError as err:  # unreadable source, full disk, no permission: stop the run
             result["status"] = "failed"
-            result["error"] = f"{err.filename or source}: {err.strerror or err}"
+            where = f" ({err.filename}{' -> ' + err.filename2 if err.filename2 else ''})" \
+                if err.filename else ""
+            result["error"] = f"{source}: {err.strerror or err}{where}"
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     if result["status"] == "existing":
