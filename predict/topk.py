@@ -44,19 +44,41 @@ BLOCK_ROWS = 8192  # rows per streamed block (16 MB per model)
 PROGRESS_MIN_ROWS = 200_000  # show progress bars from this many segments on
 
 
-@njit(inline="always")
-def _mean(total, n_models):
-    """Ensemble mean of `n_models` integer scores summing to `total`, rounded half up."""
-    if n_models == 1:
-        return np.int64(total)
-    return (2 * np.int64(total) + n_models) // (2 * n_models)
+LANES = 4  # uint16 scores per uint64 word in the SWAR compare
+_HIGH = np.uint64(0x8000_8000_8000_8000)  # the top bit of each 16-bit lane
+_U16 = np.uint64(0xFFFF)
 
 
 @njit(inline="always")
-def _group(g, n_cls):
-    """Classes [c0, c1) of parallel task g."""
-    c0 = g * CLASS_GROUP
-    return c0, min(c0 + CLASS_GROUP, n_cls)
+def _word_group(g, n_words):
+    """Words [w0, w1) (classes [4 w0, 4 w1)) of parallel task g."""
+    w0 = g * (CLASS_GROUP // LANES)
+    return w0, min(w0 + CLASS_GROUP // LANES, n_words)
+
+
+@njit(inline="always")
+def _pack(values, c):
+    """values[c:c + 4] (each < 2**15) packed into the four 16-bit lanes of a uint64."""
+    out = np.uint64(0)
+    for lane in range(LANES):
+        out |= np.uint64(values[c + lane]) << np.uint64(16 * lane)
+    return out
+
+
+@njit(inline="always")
+def _at_least(x, bound):
+    """SWAR: top bit of each lane set where lane(x) >= lane(bound); lanes < 2**15."""
+    return ((x | _HIGH) - bound) & _HIGH
+
+
+@njit(inline="always")
+def _lane(x, lane):
+    return np.int64((x >> np.uint64(16 * lane)) & _U16)
+
+
+@njit(inline="always")
+def _lane_set(m, lane):
+    return (m >> np.uint64(16 * lane + 15)) & np.uint64(1)
 
 
 @njit(parallel=True)
@@ -71,24 +93,21 @@ def accumulate(sums, block, first):
                 sums[r, c] += block[r, c]
 
 
-@njit(inline="always")
-def _tile_hits(vals, n_models, c, r0, r1, floor, hits, rows):
-    """Compact the rows r0..r1 of column c scoring >= floor into hits (their rows if
-    `rows`, else their scores); return how many. Branch-free: most rows miss."""
-    n = 0
-    for r in range(r0, r1):
-        v = _mean(vals[r, c], n_models)
-        hits[n] = r if rows else v
-        n += v >= floor
-    return n
+@njit(parallel=True)
+def round_mean(sums, n_models, means):
+    """means (B, C) uint16 = mean of `n_models` scores summing to sums, rounded half up."""
+    for r in prange(sums.shape[0]):
+        for c in range(sums.shape[1]):
+            means[r, c] = (2 * np.int64(sums[r, c]) + n_models) // (2 * n_models)
 
 
 @njit(parallel=True)
-def histogram(vals, n_models, k, floor, count_ge, hist):
+def histogram(vals, k, floor, count_ge, hist):
     """Count, per class, the block's scores at or above a rising floor.
 
-    vals (B, C) uint16 scores or uint32 sums of `n_models` models; hist (C, N_BUCKETS)
-    int32; floor (C,) int64 and count_ge (C,) int64 = count(score >= floor) so far.
+    vals (B, C) uint16 scores; hist (C, N_BUCKETS) int32; floor (C,) int64 and
+    count_ge (C,) int64 = count(score >= floor) so far. Per tile and class the
+    scores at or above the floor are first compacted branch-free, then counted.
     Scores below `floor[c]` are skipped: once `k` scores reach a bucket, the final
     boundary cannot be lower, so after each block the floor rises to the highest
     bucket that still has `k` counted scores at or above it. Counts at or above
@@ -96,12 +115,18 @@ def histogram(vals, n_models, k, floor, count_ge, hist):
     """
     n_rows, n_cls = vals.shape
     for g in prange((n_cls + CLASS_GROUP - 1) // CLASS_GROUP):
-        c0, c1 = _group(g, n_cls)
+        c0 = g * CLASS_GROUP
+        c1 = min(c0 + CLASS_GROUP, n_cls)
         hits = np.empty(ROW_TILE, np.int64)
         for r0 in range(0, n_rows, ROW_TILE):
             r1 = min(r0 + ROW_TILE, n_rows)
             for c in range(c0, c1):  # class-major inside a tile that stays in L1 and the TLB
-                n = _tile_hits(vals, n_models, c, r0, r1, floor[c], hits, False)
+                f = floor[c]
+                n = 0
+                for r in range(r0, r1):
+                    v = np.int64(vals[r, c])
+                    hits[n] = v
+                    n += v >= f
                 h = hist[c]
                 for i in range(n):
                     h[hits[i]] += 1
@@ -115,40 +140,48 @@ def histogram(vals, n_models, k, floor, count_ge, hist):
 
 
 @njit(parallel=True)
-def collect(vals, n_models, row0, thresh, starts, above, need, seen, taken, sel):
-    """Place rows `row0 ..` of block vals (B, C) into sel (C, K) int32.
+def collect(words, row0, thresh, starts, above, need, seen, taken, sel):
+    """Place rows `row0 ..` of a score block into sel (C, K) int32.
 
+    words (B, C / 4) uint64: the (B, C) uint16 scores viewed as words, so that four
+    scores are compared with their classes' boundaries at once (SWAR).
     A row above its class's boundary `thresh[c]` goes to slot `starts[c, v]` (then
     incremented: a descending counting sort; `starts` from `boundaries`). In the
     boundary bucket the row is the `seen[c]`-th met; it is kept when that ordinal
     is the next of the sorted chosen ordinals stored in
     `sel[c, above[c] + taken[c]:]`, and overwrites it there.
     """
-    n_rows, n_cls = vals.shape
-    for g in prange((n_cls + CLASS_GROUP - 1) // CLASS_GROUP):
-        c0, c1 = _group(g, n_cls)
-        hits = np.empty(ROW_TILE, np.int64)
+    n_rows, n_words = words.shape
+    for g in prange((n_words * LANES + CLASS_GROUP - 1) // CLASS_GROUP):
+        w0, w1 = _word_group(g, n_words)
+        bounds = np.empty(CLASS_GROUP // LANES, np.uint64)
+        for w in range(w0, w1):
+            bounds[w - w0] = _pack(thresh, LANES * w)
         for r0 in range(0, n_rows, ROW_TILE):
-            r1 = min(r0 + ROW_TILE, n_rows)
-            for c in range(c0, c1):
-                t = thresh[c]
-                slot = starts[c]
-                out = sel[c]
-                j = seen[c]
-                p = taken[c]
-                for i in range(_tile_hits(vals, n_models, c, r0, r1, t, hits, True)):
-                    r = hits[i]
-                    v = _mean(vals[r, c], n_models)
-                    if v > t:
-                        out[slot[v]] = row0 + r
-                        slot[v] += 1
-                    else:
-                        if p < need[c] and out[above[c] + p] == j:
-                            out[above[c] + p] = row0 + r
-                            p += 1
-                        j += 1
-                seen[c] = j
-                taken[c] = p
+            for w in range(w0, w1):
+                bound = bounds[w - w0]
+                for r in range(r0, min(r0 + ROW_TILE, n_rows)):
+                    x = words[r, w]
+                    m = _at_least(x, bound)
+                    if m:
+                        for lane in range(LANES):
+                            if _lane_set(m, lane):
+                                _place(LANES * w + lane, _lane(x, lane), row0 + r, thresh,
+                                       starts, above, need, seen, taken, sel)
+
+
+@njit(inline="always")
+def _place(c, v, row, thresh, starts, above, need, seen, taken, sel):
+    """One row of class c scoring v >= thresh[c] (see `collect`)."""
+    if v > thresh[c]:
+        sel[c, starts[c, v]] = row
+        starts[c, v] += 1
+        return
+    p = taken[c]
+    if p < need[c] and sel[c, above[c] + p] == seen[c]:
+        sel[c, above[c] + p] = row
+        taken[c] = p + 1
+    seen[c] += 1
 
 
 @njit(parallel=True)
@@ -173,18 +206,22 @@ def boundaries(hist, k, thresh, above, count_at):
         count_at[c] = hist[c, v]
 
 
-def _blocks(models, block_rows, sums):
-    """Yield (row0, vals, n_models) over row blocks; vals is uint16 (M = 1) or uint32 sums."""
+def _blocks(models, block_rows, sums, means):
+    """Yield (row0, scores) over row blocks: the block's ensemble scores (B, C) uint16.
+
+    One model: a view of its memory map; several: summed into `sums` and rounded
+    into `means` (buffers of block_rows rows, allocated once).
+    """
     n = models[0].shape[0]
     for r0 in range(0, n, block_rows):
         r1 = min(r0 + block_rows, n)
         if len(models) == 1:
-            yield r0, np.asarray(models[0][r0:r1]), 1
+            yield r0, np.asarray(models[0][r0:r1])
             continue
-        buf = sums[: r1 - r0]
         for m, mat in enumerate(models):
-            accumulate(buf, np.asarray(mat[r0:r1]), m == 0)
-        yield r0, buf, len(models)
+            accumulate(sums[: r1 - r0], np.asarray(mat[r0:r1]), m == 0)
+        round_mean(sums[: r1 - r0], len(models), means[: r1 - r0])
+        yield r0, means[: r1 - r0]
 
 
 def top_k(models, k: int = DEFAULT_K, seed: int = 0, block_rows: int = BLOCK_ROWS,
@@ -201,13 +238,16 @@ def top_k(models, k: int = DEFAULT_K, seed: int = 0, block_rows: int = BLOCK_ROW
     for m in models:
         if m.shape != (n, n_cls) or m.dtype != np.uint16:
             raise IngestError(f"models differ in shape or dtype: {m.shape} {m.dtype}")
+    if n_cls % LANES:
+        raise IngestError(f"{n_cls} classes: the kernels need a multiple of {LANES}")
     if n >= 2**31:
         raise IngestError(f"{n} segments: more than int32 row indices can address")
     k = min(k, n)
     sel = np.empty((n_cls, k), np.int32)
     if k == 0:
         return sel
-    sums = np.empty((min(block_rows, n), n_cls), np.uint32) if len(models) > 1 else None
+    rows = min(block_rows, n) if len(models) > 1 else 0
+    sums, means = np.empty((rows, n_cls), np.uint32), np.empty((rows, n_cls), np.uint16)
     n_blocks = -(-n // block_rows)
     show = n >= PROGRESS_MIN_ROWS if progress is None else progress
     with tqdm(total=2 * n_blocks, desc="top-k", unit="block", file=sys.stderr,
@@ -215,8 +255,8 @@ def top_k(models, k: int = DEFAULT_K, seed: int = 0, block_rows: int = BLOCK_ROW
         hist = np.zeros((n_cls, N_BUCKETS), np.int32)
         floor = np.zeros(n_cls, np.int64)
         count_ge = np.zeros(n_cls, np.int64)
-        for _, vals, n_models in _blocks(models, block_rows, sums):
-            histogram(vals, n_models, k, floor, count_ge, hist)
+        for _, vals in _blocks(models, block_rows, sums, means):
+            histogram(vals, k, floor, count_ge, hist)
             bar.update()
         thresh, above, count_at = (np.zeros(n_cls, np.int64) for _ in range(3))
         boundaries(hist, k, thresh, above, count_at)
@@ -226,8 +266,8 @@ def top_k(models, k: int = DEFAULT_K, seed: int = 0, block_rows: int = BLOCK_ROW
             sel[c, above[c]:] = _chosen_ordinals(rng, int(count_at[c]), int(need[c]))
         seen = np.zeros(n_cls, np.int64)
         taken = np.zeros(n_cls, np.int64)
-        for r0, vals, n_models in _blocks(models, block_rows, sums):
-            collect(vals, n_models, r0, thresh, hist, above, need, seen, taken, sel)
+        for r0, vals in _blocks(models, block_rows, sums, means):
+            collect(vals.view(np.uint64), r0, thresh, hist, above, need, seen, taken, sel)
             bar.update()
     assert np.array_equal(taken, need), "boundary selection incomplete"
     for c in range(n_cls):
