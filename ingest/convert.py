@@ -32,7 +32,6 @@ from ingest.store import (
     PART_JSON,
     PARTS,
     TMP,
-    file_checksum,
     part_name,
     write_json_atomic,
 )
@@ -84,14 +83,15 @@ def expand_sources(patterns) -> list[str]:
 _DECODERS = threading.local()  # a decoder per mode and thread: its buffers are reused
 
 
-def _chunks(path: str, on_error: str, chunk_bytes: int):
+def _decoder(on_error: str):
+    """This thread's decoder for the error mode (its buffers are reused across shards)."""
     from ingest.decode import ShardDecoder
 
     mode = "skip-record" if on_error == "skip-record" else "fail"
     decoders = _DECODERS.__dict__
     if mode not in decoders:
         decoders[mode] = ShardDecoder(on_error=mode)
-    return decoders[mode].iter_chunks(path, chunk_bytes=chunk_bytes)
+    return decoders[mode]
 
 
 def convert_shard(source: str, store: str, on_error: str = "fail",
@@ -129,20 +129,20 @@ def convert_shard(source: str, store: str, on_error: str = "fail",
 
 
 def _write_part(source, tmp: Path, final: Path, name, on_error, chunk_bytes) -> dict:
-    checksum = store_write.helper_thread("source-crc").submit(file_checksum, source)  # a second read, overlapping decoding
+    decoder = _decoder(on_error)
     writer = store_write.PartWriter(tmp, name, source)
     kinds = set()
     try:
-        for chunk in _chunks(source, on_error, chunk_bytes):
+        size = os.path.getsize(source)
+        for chunk in decoder.iter_chunks(source, chunk_bytes=chunk_bytes):
             if chunk.n_videos:
                 kinds.add(chunk.kind)
             writer.add(chunk)
     except BaseException:
         writer.abort()
-        checksum.exception()
         raise
     counts = writer.close()
-    size, crc = checksum.result()
+    crc = decoder.source_crc32c  # computed by the decoder on the bytes it read: no second read
     info = {
         "part": name, "source": os.path.basename(source), "source_bytes": size,
         "source_crc32c": crc, "fold": store_write.fold_of(source),

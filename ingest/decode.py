@@ -18,6 +18,7 @@ import os
 from collections.abc import Iterator
 from types import SimpleNamespace
 
+import google_crc32c
 import numpy as np
 
 from ingest import wire
@@ -695,6 +696,7 @@ class ShardDecoder:
         if on_error not in ON_ERROR:
             raise ValueError(f"on_error must be one of {ON_ERROR}, not {on_error!r}")
         self.on_error = on_error
+        self.source_crc32c: str | None = None  # of the last file read to its end
         self._raw = np.empty(0, np.uint8)
         self._out = _Outputs()
         self._cnt = np.zeros(N_COUNTERS, np.int64)
@@ -708,7 +710,9 @@ class ShardDecoder:
         enough to stay in the CPU cache between the three passes); a chunk gathers
         blocks until it holds at least `chunk_bytes` (a record larger than that gets a
         chunk of its own). Every chunk's arrays are views into this decoder's
-        buffers, valid until the next iteration.
+        buffers, valid until the next iteration. Once the last chunk is out,
+        `self.source_crc32c` holds the CRC-32C of the whole file (8 hex digits),
+        so a caller needs no second read to fingerprint the source.
         """
         path = os.fspath(path)
         block = max(1, min(BLOCK_BYTES, chunk_bytes))
@@ -716,11 +720,14 @@ class ShardDecoder:
             size = os.fstat(f.fileno()).st_size
             filled, file_off, record, used, limit = 0, 0, 0, 0, block
             skipped: list[tuple[int, int, str]] = []
+            crc = 0  # CRC-32C of the whole file, computed on each block while it is in cache
+            self.source_crc32c = None
             self._start_chunk(KIND_NONE, min(chunk_bytes, size) + block)
             while file_off < size:
                 if len(self._raw) < limit:
                     self._grow_raw(limit, filled)
                 got = _fill(f, self._raw, filled, limit)
+                crc = google_crc32c.extend(crc, self._raw[filled : filled + got])
                 filled += got
                 spans = scan_records(self._raw, filled, path=path, file_offset=file_off,
                                      first_record=record, file_size=size,
@@ -736,11 +743,14 @@ class ShardDecoder:
                 self._raw[:rest] = self._raw[spans.consumed : filled]
                 filled, file_off, record = rest, file_off + spans.consumed, record + spans.n_records
                 used, limit = used + spans.consumed, block
+                if file_off >= size:
+                    self.source_crc32c = f"{crc:08x}"
                 if used >= chunk_bytes or file_off >= size:
                     yield self._views(path, sorted(skipped))
                     skipped, used = [], 0
                     self._start_chunk(int(self._cnt[C_KIND]),
                                       min(chunk_bytes, size - file_off) + block)
+            self.source_crc32c = f"{crc:08x}"  # also for an empty file
 
     def warm_up(self) -> None:
         """Load (or compile, the first time) the numba kernel now rather than on the first shard."""

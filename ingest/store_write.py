@@ -17,10 +17,10 @@ written last with the final shape.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import threading
-import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -62,8 +62,13 @@ os.register_at_fork(after_in_child=_THREADS.clear)
 
 
 def fold_of(source_name: str) -> int:
-    """Fold 0..7 of a shard: CRC-32 of its base name mod 8 (stable across runs and machines)."""
-    return zlib.crc32(os.path.basename(source_name).encode()) % N_FOLDS
+    """Fold 0..7 of a shard: BLAKE2b of its base name mod 8 (stable across runs and machines).
+
+    Not CRC-32: CRC is linear, so names that differ in a digit or two (train0001,
+    train0002, ...) share their low bits and all landed in fold 0.
+    """
+    digest = hashlib.blake2b(os.path.basename(source_name).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") % N_FOLDS
 
 
 def zarr_metadata(shape: tuple, chunk_rows: int, shard_rows: int) -> dict:

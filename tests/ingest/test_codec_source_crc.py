@@ -1,0 +1,42 @@
+"""The decoder fingerprints the whole source file while decoding it (no second read)."""
+import collections
+
+import google_crc32c
+import numpy as np
+
+from ingest.decode import ShardDecoder
+from ingest.encode import encode_video
+from ingest.store_write import N_FOLDS, fold_of
+from ingest.tfrecord import write_tfrecord
+from ingest.video import Video
+
+
+def _videos(n, rng):
+    return [Video(f"v{i}", np.array([3, 7]), rng.integers(0, 256, (k, 1024), dtype=np.uint8),
+                  rng.integers(0, 256, (k, 128), dtype=np.uint8))
+            for i, k in enumerate(rng.integers(1, 40, n))]
+
+
+def test_source_crc_equals_crc_of_file_bytes_for_any_chunking(tmp_path):
+    path = tmp_path / "s.tfrecord"
+    write_tfrecord(path, [encode_video(v) for v in _videos(30, np.random.default_rng(0))])
+    expected = f"{google_crc32c.value(path.read_bytes()):08x}"
+    dec = ShardDecoder()
+    for chunk_bytes in (1 << 12, 1 << 16, 1 << 30):
+        n = sum(c.n_videos for c in dec.iter_chunks(path, chunk_bytes=chunk_bytes))
+        assert n == 30 and dec.source_crc32c == expected
+
+
+def test_source_crc_of_empty_file(tmp_path):
+    path = tmp_path / "empty.tfrecord"
+    path.write_bytes(b"")
+    dec = ShardDecoder()
+    assert list(dec.iter_chunks(path)) == []
+    assert dec.source_crc32c == "00000000"
+
+
+def test_folds_spread_over_names_that_differ_in_one_digit():
+    counts = collections.Counter(fold_of(f"train{i:04d}.tfrecord") for i in range(3844))
+    assert set(counts) == set(range(N_FOLDS))
+    assert max(counts.values()) < 1.2 * 3844 / N_FOLDS
+    assert len({fold_of(f"validate-{i:05d}-of-00008.tfrecord") for i in range(8)}) >= 4
