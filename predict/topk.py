@@ -15,12 +15,13 @@ exactly N_BUCKETS buckets and the top K is found without sorting:
 
 Both passes stream row blocks of memory-mapped matrices (nothing of size
 n_segments × 1000 is allocated) and run in parallel over groups of classes;
-inside a block they walk tiles of rows and first compact, branch-free, the few
-scores of a column that pass the floor or boundary. The
+inside a block they walk tiles of rows; the histogram pass first compacts,
+branch-free, the few scores of a column that pass the floor, the collect pass
+compares four scores at once (SWAR on uint64 words) with their boundaries. The
 ensemble score is the mean of the models' values rounded half up:
 `(2 * sum + M) // (2 * M)`, in integers, identically in every path.
-Memory: the histogram (1000 × 10,000 int32, 40 MB), one block buffer, and the
-result (1000 × K int32, 400 MB at K = 100,000).
+Memory: the histogram (1000 × 10,000 int32, 40 MB), block buffers for several
+models (sums and means), and the result (1000 × K int32, 400 MB at K = 100,000).
 """
 from __future__ import annotations
 
