@@ -103,7 +103,7 @@ def round_mean(sums, n_models, means):
 
 
 @njit(parallel=True)
-def histogram(vals, k, floor, count_ge, hist):
+def histogram(vals, k, floor, count_ge, hist, invalid):
     """Count, per class, the block's scores at or above a rising floor.
 
     vals (B, C) uint16 scores; hist (C, N_BUCKETS) int32; floor (C,) int64 and
@@ -112,7 +112,7 @@ def histogram(vals, k, floor, count_ge, hist):
     Scores below `floor[c]` are skipped: once `k` scores reach a bucket, the final
     boundary cannot be lower, so after each block the floor rises to the highest
     bucket that still has `k` counted scores at or above it. Counts at or above
-    the final floor are exact.
+    the final floor are exact. A score above 9999 is not counted; invalid[c] counts them.
     """
     n_rows, n_cls = vals.shape
     for g in prange((n_cls + CLASS_GROUP - 1) // CLASS_GROUP):
@@ -130,7 +130,10 @@ def histogram(vals, k, floor, count_ge, hist):
                     n += v >= f
                 h = hist[c]
                 for i in range(n):
-                    h[hits[i]] += 1
+                    if hits[i] < N_BUCKETS:
+                        h[hits[i]] += 1
+                    else:  # not a quantised score: refused after the pass
+                        invalid[c] += 1
                 count_ge[c] += n
         for c in range(c0, c1):
             f = floor[c]
@@ -256,9 +259,13 @@ def top_k(models, k: int = DEFAULT_K, seed: int = 0, block_rows: int = BLOCK_ROW
         hist = np.zeros((n_cls, N_BUCKETS), np.int32)
         floor = np.zeros(n_cls, np.int64)
         count_ge = np.zeros(n_cls, np.int64)
+        invalid = np.zeros(n_cls, np.int64)
         for _, vals in _blocks(models, block_rows, sums, means):
-            histogram(vals, k, floor, count_ge, hist)
+            histogram(vals, k, floor, count_ge, hist, invalid)
             bar.update()
+        if invalid.any():
+            raise IngestError(f"{invalid.sum()} scores above {QUANT_SCALE} (first in class "
+                              f"index {np.flatnonzero(invalid)[0]}): not quantised predictions")
         thresh, above, count_at = (np.zeros(n_cls, np.int64) for _ in range(3))
         boundaries(hist, k, thresh, above, count_at)
         need = k - above

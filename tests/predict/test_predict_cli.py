@@ -96,6 +96,10 @@ def test_topk_refusals_leave_no_output(world):
     one_line_error(run("topk", world / "f32.npy", "--out", out), "dtype")
     one_line_error(run("topk", world / "lonely.npy", "--out", out), "missing segment table")
     one_line_error(run("topk", world / "perfect.npy", "--out", out, "--k", 0), "at least 1")
+    big = np.full((10, 1000), 10_000, np.uint16)
+    np.save(world / "big.npy", big)
+    (world / "big.segments.parquet").write_bytes((world / "other.segments.parquet").read_bytes())
+    one_line_error(run("topk", world / "big.npy", "--out", out), "above 9999")
     one_line_error(run("topk", world / "absent.npy", "--out", out), "absent.npy")
     assert not out.exists()
     assert not [p for p in world.iterdir() if p.name.startswith(".")]

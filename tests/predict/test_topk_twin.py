@@ -93,6 +93,15 @@ def test_ensemble_rounds_half_up():
     assert ensemble_scores([a, a, b])[0, :4].tolist() == [1, 2, 9999, 4]  # 4/3, 2, 9998.67, 4
 
 
+def test_scores_above_9999_refused():
+    m = np.zeros((50, 1000), np.uint16)
+    m[7, 3] = 10_000
+    with pytest.raises(Exception, match="1 scores above 9999 .*class index 3"):
+        top_k([m], k=5)
+    with pytest.raises(Exception, match="above 9999"):
+        top_k([m, np.full((50, 1000), 9999, np.uint16)], k=5)  # mean 10000 - 0.5 rounds up
+
+
 def test_k_below_one_refused():
     with pytest.raises(Exception, match="at least 1"):
         top_k([np.zeros((3, 1000), np.uint16)], k=0)
@@ -125,8 +134,10 @@ def test_histogram_exact_at_and_above_floor(high, k):
     hist = np.zeros((1000, N_BUCKETS), np.int32)
     floor = np.zeros(1000, np.int64)
     count_ge = np.zeros(1000, np.int64)
+    invalid = np.zeros(1000, np.int64)
     for r0 in range(0, 300, 64):
-        T.histogram(vals[r0:r0 + 64], k, floor, count_ge, hist)
+        T.histogram(vals[r0:r0 + 64], k, floor, count_ge, hist, invalid)
+    assert not invalid.any()
     for c in range(1000):
         full = np.bincount(vals[:, c], minlength=N_BUCKETS)
         f = floor[c]
