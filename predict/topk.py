@@ -129,15 +129,17 @@ def histogram(vals, k, floor, count_ge, hist, invalid):
                     hits[n] = v
                     n += v >= f
                 h = hist[c]
+                counted = n
                 for i in range(n):
                     if hits[i] < N_BUCKETS:
                         h[hits[i]] += 1
-                    else:  # not a quantised score: refused after the pass
+                    else:  # not a quantised score: not counted, refused after the pass
                         invalid[c] += 1
-                count_ge[c] += n
+                        counted -= 1
+                count_ge[c] += counted
         for c in range(c0, c1):
             f = floor[c]
-            while count_ge[c] - hist[c, f] >= k:
+            while f < N_BUCKETS - 1 and count_ge[c] - hist[c, f] >= k:
                 count_ge[c] -= hist[c, f]
                 f += 1
             floor[c] = f
