@@ -22,7 +22,7 @@ import google_crc32c
 import numpy as np
 
 from ingest import wire
-from ingest.encode import varint
+from ingest.encode import frame_prefix
 from ingest.errors import ShardError
 from ingest.jit import njit
 from ingest.tfrecord import scan_records
@@ -319,12 +319,9 @@ def read_bytes_feature(buf, a, b):
 
 
 def _frame_header(width: int) -> np.ndarray:
-    """The bytes that precede a `width`-byte frame written the usual way (as TensorFlow does):
-    FeatureList.feature key+length, Feature.bytes_list key+length, BytesList.value key+length."""
-    value = bytes([0x0A]) + varint(width)
-    bytes_list = bytes([0x0A]) + varint(len(value) + width)
-    feature = bytes([0x0A]) + varint(len(bytes_list) + len(value) + width)
-    return np.frombuffer(feature + bytes_list + value, np.uint8).copy()
+    """The bytes that precede a `width`-byte frame written the usual way (as TensorFlow
+    and `ingest.encode` write it), as an array for the numba kernels."""
+    return np.frombuffer(frame_prefix(width), np.uint8).copy()
 
 
 RGB_HEADER = _frame_header(RGB_BYTES)  # 9 bytes

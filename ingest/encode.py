@@ -98,20 +98,27 @@ def _context_entries(v: Video, packed: bool) -> list[tuple[str, bytes]]:
     return entries
 
 
+def frame_prefix(width: int) -> bytes:
+    """The bytes that precede a `width`-byte row in its FeatureList entry:
+    FeatureList.feature key+length, Feature.bytes_list key+length, BytesList.value key+length
+    (`field(1, LEN, bytes_list([row]))` minus the row; the decoder's fast path matches it)."""
+    value = field(1, LEN, b"\0" * width)  # BytesList.value = row
+    feature = field(1, LEN, field(1, LEN, value))  # FeatureList.feature{bytes_list{...}}
+    return feature[: len(feature) - width]
+
+
 def frame_feature_list(frames: np.ndarray) -> bytes:
     """FeatureList{feature: one Feature{bytes_list{value: row}} per row} of (n, width) uint8.
 
-    Every row has the same width, so every feature has the same prefix
-    (`field(1, LEN, bytes_list([row]))` minus the row): the whole list is one
-    (n, prefix + width) array filled by two vectorised copies, not n Python calls.
+    Every row has the same width, so every feature has the same prefix (`frame_prefix`):
+    the whole list is one (n, prefix + width) array filled by two vectorised copies,
+    not n Python calls.
     """
     frames = np.asarray(frames, dtype=np.uint8)
     n, width = frames.shape
     if n == 0:
         return b""
-    value = field(1, LEN, b"\0" * width)  # BytesList.value = row
-    feature = field(1, LEN, field(1, LEN, value))  # FeatureList.feature{bytes_list{...}}
-    prefix = np.frombuffer(feature[: len(feature) - width], np.uint8)
+    prefix = np.frombuffer(frame_prefix(width), np.uint8)
     out = np.empty((n, len(prefix) + width), np.uint8)
     out[:, : len(prefix)] = prefix
     out[:, len(prefix):] = frames
