@@ -191,9 +191,8 @@ def _run_local(cfg: ConvertConfig, todo: list[str]):
         for src in todo:
             yield convert_shard(src, *args)
         return
-    # fork starts workers without re-importing (saves ~1 s per worker here); the helper
-    # threads are re-made in the child (store_write.helper_thread), tqdm runs no monitor
-    # thread, and the parent itself has no other threads
+    # fork starts workers without re-importing (saves ~1 s per worker here); tqdm runs no
+    # monitor thread, and the parent itself has no other threads
     ctx = get_context("fork" if "fork" in get_all_start_methods() else "spawn")
     with ProcessPoolExecutor(min(cfg.workers, len(todo)), mp_context=ctx) as pool:
         pending = {pool.submit(convert_shard, src, *args) for src in todo}

@@ -21,7 +21,6 @@ import hashlib
 import json
 import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import google_crc32c
@@ -47,18 +46,6 @@ def _buffers() -> dict:
     if not hasattr(_LOCAL, "buffers"):
         _LOCAL.buffers = {}
     return _LOCAL.buffers
-_THREADS: dict[str, ThreadPoolExecutor] = {}  # per-process helper threads (source checksum)
-
-
-def helper_thread(name: str) -> ThreadPoolExecutor:
-    """A one-thread executor of this process (file writes and checksums overlap decoding)."""
-    if name not in _THREADS:
-        _THREADS[name] = ThreadPoolExecutor(1, thread_name_prefix=name)
-    return _THREADS[name]
-
-
-# a forked child has none of its parent's threads: it must make its own executors
-os.register_at_fork(after_in_child=_THREADS.clear)
 
 
 def fold_of(source_name: str) -> int:
