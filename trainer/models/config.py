@@ -6,12 +6,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ingest.video import AUDIO_BYTES, FRAME_BYTES, RGB_BYTES
+from ingest.vocab import N_SEGMENT_CLASSES
+
 # YouTube-8M frame features: 1024 rgb + 128 audio values per frame (docs/formats.md).
-RGB_DIM = 1024
-AUDIO_DIM = 128
-FRAME_DIM = RGB_DIM + AUDIO_DIM
-# The 1000 rated segment classes (ingest/vocab.py).
-NUM_CLASSES = 1000
+RGB_DIM = RGB_BYTES
+AUDIO_DIM = AUDIO_BYTES
+FRAME_DIM = FRAME_BYTES
+# The 1000 rated segment classes.
+NUM_CLASSES = N_SEGMENT_CLASSES
 
 
 @dataclass(frozen=True)
