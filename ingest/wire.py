@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from ingest.encode import I32, I64, LEN, VARINT  # protobuf wire types, defined once
 from ingest.jit import JIT_ENABLED, njit
 
-VARINT, I64, LEN, I32 = 0, 1, 2, 5  # protobuf wire types (same as ingest.encode)
 MAX_VARINT_BYTES = 10  # a 64-bit varint takes at most ten bytes
 
 # Error codes (positive; a reader returns the negated code as its position).
