@@ -135,7 +135,7 @@ def encode_sequence_example(v: Video, packed: bool = True) -> bytes:
 
 def encode_example(v: Video, packed: bool = True) -> bytes:
     """Serialise a video-level record as `tf.train.Example` bytes."""
-    entries = [e for e in _context_entries(v, packed)]
+    entries = _context_entries(v, packed)  # a fresh list
     entries.append(("mean_rgb", float_list(v.mean_rgb, packed)))
     entries.append(("mean_audio", float_list(v.mean_audio, packed)))
     return field(1, LEN, features(entries))
