@@ -11,9 +11,9 @@
 
 `Store(path)` opens a complete store. Tables are polars DataFrames with store-wide
 row numbers added: `videos.video_row`, `segments.video_row` / `segments.window_row`
-/ `segments.segment_row`, `candidates.video_row` / `candidates.candidate_row`. Arrays are read without copying
-through zarr: the parts are uncompressed, so each Zarr shard file is the rows
-themselves followed by the index, and is read through a numpy memmap.
+/ `segments.segment_row`, `candidates.video_row` / `candidates.candidate_row`. Arrays are
+read without zarr: the parts are uncompressed, so each Zarr shard file is the rows
+themselves followed by the index, and rows are copied out of a numpy memmap of it.
 """
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ import numpy as np
 import polars as pl
 
 from ingest.errors import IngestError
-from ingest.segments import WINDOW_FRAMES, unpack_negatives
+from ingest.segments import NEGATIVE_BYTES, WINDOW_FRAMES, unpack_negatives
 from ingest.video import FRAME_BYTES
 
 FORMAT_VERSION = 1  # bump when the layout or a table's columns change (docs/store.md)
@@ -276,7 +276,7 @@ class Store:
     def negatives(self, packed: bool = False) -> np.ndarray:
         """Mined negatives per video (paper §3.6): (V, 1000) bool, or (V, 125) uint8 packed."""
         arrs = [np.load(self.path / PARTS / p / "negatives.npy") for p in self.parts]
-        out = np.concatenate(arrs) if arrs else np.zeros((0, 125), np.uint8)
+        out = np.concatenate(arrs) if arrs else np.zeros((0, NEGATIVE_BYTES), np.uint8)
         return out if packed else unpack_negatives(out)
 
 
@@ -364,7 +364,7 @@ def _verify_part(store: Path, entry: dict) -> list[str]:
     if candidate_count(nf) != c["candidates"]:
         out.append("candidate count does not match the videos' lengths")
     neg = np.load(d / "negatives.npy")
-    if neg.shape != (c["videos"], 125):
+    if neg.shape != (c["videos"], NEGATIVE_BYTES):
         out.append(f"negatives.npy has shape {neg.shape}")
     frames = zarr.open_array(str(d / "frames.zarr"), mode="r")
     windows = zarr.open_array(str(d / "windows.zarr"), mode="r")
