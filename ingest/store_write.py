@@ -304,7 +304,7 @@ class PartWriter:
 
     # ------------------------------------------------------------ finish
     def abort(self) -> None:
-        """Let background writes finish (after an error, before the directory is removed)."""
+        """Close the open shard files (after an error, before the directory is removed)."""
         self.frames.abort()
         self.windows.abort()
 
