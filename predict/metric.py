@@ -15,6 +15,7 @@ import numpy as np
 import polars as pl
 
 from ingest.vocab import segment_class_ids
+from predict.submission import entry_expr
 
 POSITIVE_SCORE = 0.5  # a rated segment is positive above this score
 
@@ -34,8 +35,7 @@ def truth_by_class(truth: pl.DataFrame) -> dict[int, ClassTruth]:
     """
     keyed = truth.select(
         pl.col("class_index"),
-        pl.concat_str([pl.col("video_id"), pl.lit(":"), pl.col("start_time").cast(pl.String)])
-        .alias("entry"),
+        entry_expr().alias("entry"),
         (pl.col("score") > POSITIVE_SCORE).cast(pl.Int8).alias("rel"),
     )
     ids = segment_class_ids()

@@ -37,11 +37,14 @@ class SubmissionError(IngestError):
     """A submission file is malformed."""
 
 
+def entry_expr() -> pl.Expr:
+    """The `videoid:start` entry string of a table with `video_id` and `start_time` columns."""
+    return pl.concat_str([pl.col("video_id"), pl.lit(":"), pl.col("start_time").cast(pl.String)])
+
+
 def entry_blob(segments: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     """The `videoid:start` strings of a segment table as (blob uint8, offsets (n+1,) int64)."""
-    entries = segments.select(
-        pl.concat_str([pl.col("video_id"), pl.lit(":"), pl.col("start_time").cast(pl.String)])
-    ).to_series()
+    entries = segments.select(entry_expr()).to_series()
     arr = pa.array(entries.to_arrow()).cast(pa.large_string())
     arr = pa.concat_arrays([arr])  # a fresh array whose buffers start at offset 0
     _, offs, data = arr.buffers()
