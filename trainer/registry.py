@@ -112,10 +112,6 @@ def _variants() -> dict[str, Variant]:
 VARIANTS: dict[str, Variant] = _variants()
 
 
-def names() -> list[str]:
-    return list(VARIANTS)
-
-
 def build_config(config: VideoModelConfig | ContextAwareConfig) -> nn.Module:
     if isinstance(config, ContextAwareConfig):
         return ContextAwareModel(config)
