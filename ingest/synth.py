@@ -204,6 +204,7 @@ def iter_shard(config: SynthConfig, split: str,
     rng = shard_rng(config, split, shard_index)
     seg_add = np.zeros((-(-MAX_FRAMES // SEGMENT_FRAMES), FRAME_BYTES), np.float32)
     cls_of = class_index_of_label()
+    rate = config.beyond_end_rate if split == "validate" else 0.0
     for i in range(config.videos_per_shard):
         n = _draw_length(rng, config)
         labels = _draw_labels(rng, world)
@@ -215,7 +216,6 @@ def iter_shard(config: SynthConfig, split: str,
         noise = rng.integers(0, 256, size=(n, FRAME_BYTES, 2), dtype=np.uint8)
         frames = np.empty((n, FRAME_BYTES), np.uint8)
         _render(topic, seg_add[:n_seg], noise, NOISE_SCALE, frames)
-        rate = config.beyond_end_rate if split == "validate" else 0.0
         ratings = _draw_ratings(rng, classes, present, n, rate)
         vid = f"{_ID_PREFIX[split]}{config.seed}_{shard_index:05d}_{i:05d}"
         yield _as_record(vid, split, labels, frames, ratings), ratings
