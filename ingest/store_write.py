@@ -29,6 +29,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ingest import segments as seg
+from ingest.store import TABLES, file_checksum
 from ingest.video import AUDIO_BYTES, FRAME_BYTES, RGB_BYTES, DecodedShard
 from ingest.vocab import to_class_index
 
@@ -175,7 +176,7 @@ class PartWriter:
         self.windows = ShardedArrayWriter(self.path / "windows.zarr",
                                           (seg.WINDOW_FRAMES, FRAME_BYTES),
                                           WINDOW_CHUNK_ROWS, WINDOW_SHARD_ROWS)
-        self.tables = {name: [] for name in ("videos", "segments", "candidates", "video_level")}
+        self.tables = {name: [] for name in TABLES}
         self.negatives: list[np.ndarray] = []
         self.skipped: list[dict] = []
         self.n_videos = self.n_frame_videos = self.n_records = 0
@@ -336,8 +337,6 @@ class PartWriter:
 def _file_crcs(path: Path, arrays: list[ShardedArrayWriter]) -> dict[str, str]:
     """CRC-32C (8 hex digits) of every file of the part: array shards as written, the rest
     (tables, metadata: small) read back."""
-    from ingest.store import file_checksum
-
     out = {}
     for arr in arrays:
         prefix = arr.path.relative_to(path).as_posix()
