@@ -148,10 +148,6 @@ class Predictions:
     scores: np.ndarray
     segments: pl.DataFrame
 
-    @property
-    def n_segments(self) -> int:
-        return self.scores.shape[0]
-
 
 def read_segments(npy_path) -> pl.DataFrame:
     """The segment table beside `npy_path`, checked for columns and types."""
