@@ -16,7 +16,7 @@ import numpy as np
 
 from ingest.jit import njit
 from ingest.video import FRAME_BYTES
-from ingest.vocab import N_SEGMENT_CLASSES, class_index_of_label
+from ingest.vocab import N_SEGMENT_CLASSES, class_index_of_label, to_class_index
 
 SEGMENT_FRAMES = 5  # frames per rated segment: 5 s at 1 frame/s (dataset fact)
 CONTEXT_FRAMES = 3  # t, frames of context added on each side of a segment (paper §3, t = 3)
@@ -182,8 +182,6 @@ def negatives_kernel(label_offsets, labels, seg_offsets, seg_labels, has_labels,
 
 def negatives_numpy(label_offsets, labels, seg_offsets, seg_labels, has_labels) -> np.ndarray:
     """Plain numpy twin of `negatives`: (V, 125) uint8 packed (bitorder little)."""
-    from ingest.vocab import to_class_index
-
     n_videos = len(has_labels)
     known = np.zeros((n_videos, N_SEGMENT_CLASSES), bool)
     for offsets, labs in ((label_offsets, labels), (seg_offsets, seg_labels)):
@@ -198,7 +196,7 @@ def negatives(label_offsets, labels, seg_offsets, seg_labels, has_labels,
               out: np.ndarray | None = None) -> np.ndarray:
     """Mined negatives of V videos: (V, 125) uint8, packed bits (little-endian bit order).
 
-    Unpack with `np.unpackbits(x, axis=1, count=1000, bitorder="little").astype(bool)`.
+    Unpack with `unpack_negatives`.
     """
     n_videos = len(has_labels)
     if out is None:
