@@ -4,8 +4,9 @@ Scores are integers 0..9999 (predict/predictions.py), so a class's scores fall i
 exactly N_BUCKETS buckets and the top K is found without sorting:
 
 1. histogram pass: per class, count the segments of each bucket at or above a
-   floor that rises as soon as K counted scores lie above it (so only about K/N of
-   the scores are counted); the boundary bucket `t` is the highest with
+   floor that rises, after each block, to the highest bucket with K counted scores
+   at or above it (so only about K/N of the scores are counted); a score above
+   9999 is refused; the boundary bucket `t` is the highest with
    `count(score >= t) >= K`;
 2. collect pass: every segment above `t` goes straight to its place in a
    descending counting sort (row order within a bucket); of the `cnt(t)` segments
