@@ -12,6 +12,7 @@ uninterrupted run, and a re-run on a complete store changes nothing.
 from __future__ import annotations
 
 import glob
+import json
 import os
 import resource
 import shutil
@@ -161,8 +162,6 @@ def _write_part(source, tmp: Path, final: Path, name, on_error, chunk_bytes) -> 
 
 
 def _read_json(path: Path) -> dict:
-    import json
-
     return json.loads(path.read_text())
 
 
