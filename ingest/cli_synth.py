@@ -5,24 +5,31 @@ import click
 
 from ingest.synth import MAX_FRAMES, SPLITS, SynthConfig, write_synth
 
+_DEFAULT = SynthConfig()  # the option defaults are the config's, stated once there
+
 
 @click.command("synth")
 @click.argument("out_dir", type=click.Path(file_okay=False))
-@click.option("--split", type=click.Choice(SPLITS), default="train", show_default=True,
+@click.option("--split", type=click.Choice(SPLITS), default=_DEFAULT.split, show_default=True,
               help="train: labels; validate: labels + rated segments; test: neither, "
                    "ratings go to OUT_DIR/truth.parquet.")
-@click.option("--shards", type=click.IntRange(min=1), default=1, show_default=True)
-@click.option("--videos-per-shard", type=click.IntRange(min=0), default=100, show_default=True)
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+@click.option("--shards", type=click.IntRange(min=1), default=_DEFAULT.shards,
+              show_default=True)
+@click.option("--videos-per-shard", type=click.IntRange(min=0),
+              default=_DEFAULT.videos_per_shard, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=_DEFAULT.seed, show_default=True,
               help="Draws the videos; shard k of a split depends on (seed, split, k) only.")
-@click.option("--world-seed", type=click.IntRange(min=0), default=0, show_default=True,
+@click.option("--world-seed", type=click.IntRange(min=0), default=_DEFAULT.world_seed,
+              show_default=True,
               help="Fixes what the classes look like; use the same one for every split.")
-@click.option("--min-frames", type=click.IntRange(1, MAX_FRAMES), default=120, show_default=True)
-@click.option("--max-frames", type=click.IntRange(1, MAX_FRAMES), default=300, show_default=True)
+@click.option("--min-frames", type=click.IntRange(1, MAX_FRAMES), default=_DEFAULT.min_frames,
+              show_default=True)
+@click.option("--max-frames", type=click.IntRange(1, MAX_FRAMES), default=_DEFAULT.max_frames,
+              show_default=True)
 @click.option("--edge-cases", is_flag=True,
               help="Mix in 1-frame (5%), exactly 300-frame (5%) and 2..39-frame (10%) videos.")
-@click.option("--beyond-end-rate", type=click.FloatRange(0.0, 1.0), default=0.0,
-              show_default=True,
+@click.option("--beyond-end-rate", type=click.FloatRange(0.0, 1.0),
+              default=_DEFAULT.beyond_end_rate, show_default=True,
               help="validate: share of rated videos given one extra rating that starts "
                    "past the video's end, as a few real records have.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")

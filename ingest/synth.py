@@ -59,7 +59,7 @@ class SynthConfig:
     seed: int = 0
     world_seed: int = 0  # fixes what classes look like; keep it equal across splits
     min_frames: int = 120
-    max_frames: int = 300
+    max_frames: int = MAX_FRAMES
     edge_cases: bool = False  # mix in 1-frame, 300-frame and < 40-frame videos
     beyond_end_rate: float = 0.0  # validate: share of rated videos with a rating past the end
 
