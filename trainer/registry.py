@@ -32,7 +32,11 @@ class Count:
     """Parameter counts in millions; a paper range (lo, hi) where it prints one."""
 
     total: tuple[float, float]
-    trainable: tuple[float, float] | None = None
+    trainable: tuple[float, float] | None = None  # None: every parameter is trainable
+
+    @property
+    def trainable_or_total(self) -> tuple[float, float]:
+        return self.trainable or self.total
 
 
 @dataclass(frozen=True)
@@ -157,20 +161,17 @@ def parameter_rows() -> list[dict]:
             "name": v.name,
             "total_m": round(ours[0], 3),
             "trainable_m": round(ours[1], 3),
-            "paper_total_m": _fmt(v.paper.total) if v.paper else "-",
-            "paper_trainable_m": _fmt(v.paper and (v.paper.trainable or v.paper.total)),
-            "reference_total_m": _fmt(v.reference.total) if v.reference else "-",
-            "reference_trainable_m": _fmt(
-                v.reference and (v.reference.trainable or v.reference.total)
-            ),
+            "paper_total_m": _fmt(v.paper and v.paper.total),
+            "paper_trainable_m": _fmt(v.paper and v.paper.trainable_or_total),
+            "reference_total_m": _fmt(v.reference and v.reference.total),
+            "reference_trainable_m": _fmt(v.reference and v.reference.trainable_or_total),
             "reproduces_paper": None,
             "note": v.note,
             "source": v.source,
         }
         if v.paper:
-            paper_trainable = v.paper.trainable or v.paper.total
             row["reproduces_paper"] = within(ours[0], v.paper.total) and within(
-                ours[1], paper_trainable
+                ours[1], v.paper.trainable_or_total
             )
         rows.append(row)
     return rows
