@@ -109,7 +109,7 @@ def test_segment_loss_weights():
     cls = torch.tensor([0, 3, 5, 3])
     score = torch.tensor([1.0, 0.0, 1.0, 0.0])
     neg = torch.rand(4, 6, generator=g) < 0.5
-    rated, want_rated = 0.0, []
+    want_rated = []
     for b in range(4):
         pb = p[b, cls[b]]
         bce = -math.log(pb) if score[b] else -math.log(1 - pb)
