@@ -760,7 +760,7 @@ class ShardDecoder:
         size = os.path.getsize(path)
         chunks = list(self.iter_chunks(path, chunk_bytes=max(size, 1)))
         if not chunks:
-            return _empty(os.fspath(path))
+            return DecodedShard.from_videos([], os.fspath(path))  # empty, frame-level
         assert len(chunks) == 1
         return chunks[0]
 
@@ -843,17 +843,6 @@ def _fill(f, buf: np.ndarray, start: int, stop: int) -> int:
             break
         got += n
     return got
-
-
-def _empty(path: str) -> DecodedShard:
-    z = np.zeros(0, np.int64)
-    return DecodedShard(path=path, kind="frame", ids=[], record_offsets=z,
-                        frame_offsets=np.zeros(1, np.int64),
-                        frames=np.zeros((0, FRAME_BYTES), np.uint8), has_labels=np.zeros(0, bool),
-                        label_offsets=np.zeros(1, np.int64), labels=z,
-                        segment_offsets=np.zeros(1, np.int64), segment_labels=z,
-                        segment_start_times=z, segment_end_times=z,
-                        segment_scores=np.zeros(0, np.float32))
 
 
 def decode_shard(path: str | os.PathLike, on_error: str = "fail") -> DecodedShard:
