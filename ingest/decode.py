@@ -608,8 +608,8 @@ def _read_frames(buf, fl_a, fl_b, frames, f, err, i):
 # ---------------------------------------------------------------- Python side
 
 
-def describe(err: np.ndarray, shard_kind: int) -> str:
-    """The one-line reason for an error returned by `decode_records`."""
+def describe(err: np.ndarray) -> str:
+    """The one-line reason for an error returned by `decode_records` (its `err` array)."""
     code, _, a, b, c, d = (int(x) for x in err)
     text = wire.MESSAGES.get(code, f"error code {code}")
     key = CTX_KEYS[d] if 0 <= d < len(CTX_KEYS) else "?"
@@ -790,7 +790,7 @@ class ShardDecoder:
                 out.grow(int(err[2]), int(err[3]), cnt)
                 continue
             rec, off = int(spans.numbers[i]), int(spans.offsets[i])
-            reason = describe(err, int(cnt[C_KIND]))
+            reason = describe(err)
             if self.on_error == "fail" or st == wire.MIXED_KIND:
                 raise ShardError(path, rec, off, reason)
             skipped.append((rec, off, reason))
