@@ -184,7 +184,7 @@ class PartWriter:
     # ------------------------------------------------------------ per chunk
     def add(self, chunk: DecodedShard) -> None:
         """Append one decoded chunk (consecutive whole records of the shard)."""
-        for rec, off, reason in getattr(chunk, "skipped", ()) or ():
+        for rec, off, reason in chunk.skipped:
             self.skipped.append({"record": int(rec), "offset": int(off), "reason": str(reason)})
         v = chunk.n_videos
         if v == 0:
