@@ -1,8 +1,9 @@
 """Protobuf wire-format primitives for the numba decoder (ingest/decode.py).
 
-Every function takes the record buffer `buf` (1-D uint8) and an exclusive end
-`end` and never reads at or past it: numba does not bounds-check, so these
-checks are the only thing between malformed bytes and an out-of-bounds read.
+Every reader (`read_*`, `skip_field`) takes the record buffer `buf` (1-D uint8) and
+an exclusive end `end` and never reads at or past it: numba does not bounds-check, so
+these checks are the only thing between malformed bytes and an out-of-bounds read.
+`copy_bytes` checks nothing: its callers have checked both ranges.
 A negative position returned by a reader is an error code (`-code`); the codes
 and their messages are listed in `MESSAGES`.
 """
