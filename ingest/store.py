@@ -383,8 +383,8 @@ def _verify_part(store: Path, entry: dict) -> list[str]:
     lo, hi, pl_, _ = window_spans(starts, nf[video])
     step = frames.shards[0] if frames.shards else frames.chunks[0]
     for a in range(0, c["frames"], step):  # bounded memory: one Zarr shard at a time
-        block = frames[a : a + step]
-        rows = np.nonzero((fo[video] + hi > a) & (fo[video] + lo < a + len(block)))[0]
+        end = min(a + step, c["frames"])
+        rows = np.nonzero((fo[video] + hi > a) & (fo[video] + lo < end))[0]
         if len(rows) == 0:
             continue
         # windows touching this block: recompute them from the frames they need
