@@ -96,6 +96,12 @@ def write_json_atomic(path: Path, obj) -> None:
     os.replace(tmp, path)
 
 
+def shard_file(array: Path, k: int, row_ndim: int) -> Path:
+    """Shard file k of a Zarr v3 array sharded along axis 0 only (default "/" chunk keys):
+    `c/<k>/0` with one more `/0` per further axis."""
+    return Path(array) / "c" / str(k) / "/".join("0" * row_ndim)
+
+
 class RowArray:
     """Read-only rows of one part's Zarr array as written by `ingest.store_write`.
 
@@ -120,7 +126,7 @@ class RowArray:
     def _shard(self, k: int) -> np.ndarray:
         if k not in self._maps:
             rows = min(self.shard_rows, self.shape[0] - k * self.shard_rows)
-            key = self.path / "c" / str(k) / "/".join("0" * len(self.row_shape))
+            key = shard_file(self.path, k, len(self.row_shape))
             self._maps[k] = np.memmap(key, np.uint8, "r", shape=(rows, *self.row_shape))
         return self._maps[k]
 

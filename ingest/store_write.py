@@ -29,7 +29,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ingest import segments as seg
-from ingest.store import TABLES, file_checksum
+from ingest.store import TABLES, file_checksum, shard_file
 from ingest.video import AUDIO_BYTES, FRAME_BYTES, RGB_BYTES, DecodedShard
 from ingest.vocab import to_class_index
 
@@ -119,7 +119,7 @@ class ShardedArrayWriter:
                 self._finish()
 
     def _open(self) -> None:
-        key = self.path / "c" / str(self.n_shards) / "/".join("0" * len(self.row_shape))
+        key = shard_file(self.path, self.n_shards, len(self.row_shape))
         key.parent.mkdir(parents=True, exist_ok=True)
         # the file stays open across append() calls; _finish() or abort() closes it
         self.key, self.file, self.fill, self.crc = key, open(key, "wb"), 0, 0  # noqa: SIM115
