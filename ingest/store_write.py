@@ -43,12 +43,6 @@ _LOCAL = threading.local()  # reused buffers, one set per thread (a Dask worker 
 # several conversions at once in threads); first touch of new memory is slow, so reuse
 
 
-def _buffers() -> dict:
-    if not hasattr(_LOCAL, "buffers"):
-        _LOCAL.buffers = {}
-    return _LOCAL.buffers
-
-
 def fold_of(source_name: str) -> int:
     """Fold 0..7 of a shard: BLAKE2b of its base name mod 8 (stable across runs and machines).
 
@@ -350,11 +344,10 @@ def _file_crcs(path: Path, arrays: list[ShardedArrayWriter]) -> dict[str, str]:
 
 def _buffer_windows(n: int) -> np.ndarray:
     """A reused (≥n, 11, 1152) buffer for one chunk's windows (grows by doubling)."""
-    cur = _buffers().get("windows")
+    cur = getattr(_LOCAL, "windows", None)
     if cur is None or len(cur) < n:
-        cur = np.empty((max(n, 2 * (0 if cur is None else len(cur)), 256),
-                        seg.WINDOW_FRAMES, FRAME_BYTES), np.uint8)
-        _buffers()["windows"] = cur
+        cur = _LOCAL.windows = np.empty((max(n, 2 * (0 if cur is None else len(cur)), 256),
+                                         seg.WINDOW_FRAMES, FRAME_BYTES), np.uint8)
     return cur
 
 
