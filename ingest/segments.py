@@ -120,10 +120,14 @@ def candidates_kernel(n_frames, first, last_dropped, seg_frames, video_out, inde
     return m
 
 
+def _candidates_per_video(n_frames: np.ndarray) -> np.ndarray:
+    """(V,) int64: candidate segments of each video (its segments less the dropped ones)."""
+    return np.maximum(n_segments(n_frames) - DROP_FIRST_SEGMENTS - DROP_LAST_SEGMENTS, 0)
+
+
 def candidates_numpy(n_frames: np.ndarray):
     """Plain numpy twin of `candidates`: (video (m,) int32, segment index (m,) int32)."""
-    nseg = n_segments(n_frames)
-    count = np.maximum(nseg - DROP_FIRST_SEGMENTS - DROP_LAST_SEGMENTS, 0)
+    count = _candidates_per_video(n_frames)
     video = np.repeat(np.arange(len(count), dtype=np.int32), count)
     first = np.concatenate([[0], np.cumsum(count)[:-1]]).astype(np.int64)
     index = np.arange(int(count.sum()), dtype=np.int64) - np.repeat(first, count)
@@ -132,8 +136,7 @@ def candidates_numpy(n_frames: np.ndarray):
 
 def candidate_count(n_frames: np.ndarray) -> int:
     """Number of candidate segments of videos with these frame counts."""
-    nseg = n_segments(n_frames)
-    return int(np.maximum(nseg - DROP_FIRST_SEGMENTS - DROP_LAST_SEGMENTS, 0).sum())
+    return int(_candidates_per_video(n_frames).sum())
 
 
 def candidates(n_frames: np.ndarray):
