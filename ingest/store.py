@@ -30,7 +30,15 @@ import numpy as np
 import polars as pl
 
 from ingest.errors import IngestError
-from ingest.segments import NEGATIVE_BYTES, WINDOW_FRAMES, unpack_negatives
+from ingest.segments import (
+    NEGATIVE_BYTES,
+    WINDOW_FRAMES,
+    candidate_count,
+    gather_windows,
+    outside_video,
+    unpack_negatives,
+    window_spans,
+)
 from ingest.video import FRAME_BYTES
 
 FORMAT_VERSION = 1  # bump when the layout or a table's columns change (docs/store.md)
@@ -337,8 +345,6 @@ def verify_store(path, progress: bool = False) -> list[str]:
 def _verify_part(store: Path, entry: dict) -> list[str]:
     import pyarrow.parquet as pq
     import zarr
-
-    from ingest.segments import candidate_count, gather_windows, outside_video, window_spans
 
     d = store / PARTS / entry["part"]
     out = []
