@@ -37,6 +37,8 @@ class ContextAwareModel(nn.Module):
         head = cfg.head
         self.head = MixtureOfExperts(cfg.fc_dim, head.classes, head.mixtures, head.dropout)
         init_weights(self.fc)
+        if self.gating is not None:
+            init_weights(self.gating)
         init_weights(self.head)
 
     def train(self, mode: bool = True) -> ContextAwareModel:
