@@ -23,7 +23,3 @@ def njit(*args, **kwargs):
         return lambda f: f
     return numba.njit(*args, **kwargs)
 
-
-def prange(*args):
-    """`numba.prange` under JIT, `range` otherwise."""
-    return numba.prange(*args) if JIT_ENABLED else range(*args)

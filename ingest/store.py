@@ -278,6 +278,7 @@ class Store:
                        for k in ("window_lo", "window_hi", "pad_left"))
         if out is None:
             out = np.empty((len(rows), WINDOW_FRAMES, FRAME_BYTES), np.uint8)
+        out = out[: len(rows)]  # like windows(): never hand back stale rows of a larger buffer
         part, offset, _ = self._video_cols
         for i in range(len(rows)):
             out[i] = 0
