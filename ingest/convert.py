@@ -39,8 +39,6 @@ from ingest.store import (
 
 ON_ERROR = ("fail", "skip-record", "skip-shard")
 CHUNK_BYTES = 16 << 20  # source bytes decoded per chunk: bounds a worker's memory
-COUNT_KEYS = ("videos", "video_level", "frames", "rated_segments", "positives",
-              "outside_video", "unknown_class", "candidates", "skipped_records")
 
 
 @dataclass(frozen=True)
@@ -295,7 +293,7 @@ def build_manifest(store: Path, skipped_shards: list[dict]) -> dict:
     """The manifest of every complete part under `store/parts`, in part-name order."""
     parts = [_read_json(p / PART_JSON) for p in sorted((store / PARTS).iterdir())
              if (p / PART_JSON).is_file()]
-    totals = {k: sum(p["counts"][k] for p in parts) for k in COUNT_KEYS}
+    totals = {k: sum(p["counts"][k] for p in parts) for k in store_write.COUNT_KEYS}
     totals["parts"] = len(parts)
     totals["source_bytes"] = sum(p["source_bytes"] for p in parts)
     return {

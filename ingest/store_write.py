@@ -33,6 +33,8 @@ from ingest.store import TABLES, file_checksum, shard_file
 from ingest.video import AUDIO_BYTES, FRAME_BYTES, RGB_BYTES, DecodedShard
 from ingest.vocab import to_class_index
 
+COUNT_KEYS = ("videos", "video_level", "frames", "rated_segments", "positives",
+              "outside_video", "unknown_class", "candidates", "skipped_records")  # a part's counts
 N_FOLDS = 8  # folds 0..7 for cross-validation, a stable function of the shard's name
 FRAME_CHUNK_ROWS = 512  # frames per inner Zarr chunk (590 KB); chosen by measurement, docs/store.md
 FRAME_SHARD_ROWS = 16384  # frames per Zarr shard file (18.9 MB)
@@ -315,17 +317,17 @@ class PartWriter:
         np.save(self.path / "negatives.npy", neg)
         segs = tables["segments"]
         self.files = _file_crcs(self.path, [self.frames, self.windows])
-        return {
-            "videos": tables["videos"].num_rows,
-            "video_level": tables["video_level"].num_rows,
-            "frames": n_frames,
-            "rated_segments": n_windows,
-            "positives": int(np.sum(np.asarray(segs["score"]) > 0)),
-            "outside_video": int(np.sum(np.asarray(segs["outside_video"]))),
-            "unknown_class": int(np.sum(np.asarray(segs["class_index"]) < 0)),
-            "candidates": tables["candidates"].num_rows,
-            "skipped_records": len(self.skipped),
-        }
+        return dict(zip(COUNT_KEYS, (
+            tables["videos"].num_rows,
+            tables["video_level"].num_rows,
+            n_frames,
+            n_windows,
+            int(np.sum(np.asarray(segs["score"]) > 0)),
+            int(np.sum(np.asarray(segs["outside_video"]))),
+            int(np.sum(np.asarray(segs["class_index"]) < 0)),
+            tables["candidates"].num_rows,
+            len(self.skipped),
+        ), strict=True))
 
 
 def _file_crcs(path: Path, arrays: list[ShardedArrayWriter]) -> dict[str, str]:
