@@ -1,12 +1,9 @@
 """The decoder fingerprints the whole source file while decoding it (no second read)."""
-import collections
-
 import google_crc32c
 import numpy as np
 
 from ingest.decode import ShardDecoder
 from ingest.encode import encode_video
-from ingest.store_write import N_FOLDS, fold_of
 from ingest.tfrecord import write_tfrecord
 from ingest.video import Video
 
@@ -34,9 +31,3 @@ def test_source_crc_of_empty_file(tmp_path):
     assert list(dec.iter_chunks(path)) == []
     assert dec.source_crc32c == "00000000"
 
-
-def test_folds_spread_over_names_that_differ_in_one_digit():
-    counts = collections.Counter(fold_of(f"train{i:04d}.tfrecord") for i in range(3844))
-    assert set(counts) == set(range(N_FOLDS))
-    assert max(counts.values()) < 1.2 * 3844 / N_FOLDS
-    assert len({fold_of(f"validate-{i:05d}-of-00008.tfrecord") for i in range(8)}) >= 4

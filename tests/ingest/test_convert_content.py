@@ -1,6 +1,7 @@
 """The store's content equals the decoder's output: synthetic, TensorFlow-written, real shards."""
 from __future__ import annotations
 
+import collections
 import hashlib
 import json
 import shutil
@@ -14,7 +15,7 @@ from ingest import segments as seg
 from ingest.convert import ConvertConfig, convert
 from ingest.decode import decode_shard
 from ingest.store import Store, verify_store
-from ingest.store_write import fold_of
+from ingest.store_write import N_FOLDS, fold_of
 from ingest.synth import SynthConfig, write_synth
 from ingest.video import FRAME_BYTES, Video
 from ingest.vocab import segment_class_ids, to_class_index
@@ -200,3 +201,10 @@ def test_store_copy_is_self_contained(tmp_path):
     shutil.move(tmp_path / "a", tmp_path / "b")
     assert verify_store(tmp_path / "b") == []
     assert len(Store(tmp_path / "b").videos) == 10
+
+
+def test_folds_spread_over_names_that_differ_in_one_digit():
+    counts = collections.Counter(fold_of(f"train{i:04d}.tfrecord") for i in range(3844))
+    assert set(counts) == set(range(N_FOLDS))
+    assert max(counts.values()) < 1.2 * 3844 / N_FOLDS
+    assert len({fold_of(f"validate-{i:05d}-of-00008.tfrecord") for i in range(8)}) >= 4
