@@ -1,57 +1,101 @@
-"""The numba 10,000-bucket top-k against an argsort twin, on inputs with many ties."""
+"""The numba one-pass top-k against a plain numpy twin, on inputs with many ties."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
+from predict import simd
 from predict import topk as T
+from predict import topk_kernels as K
 from predict.topk import N_BUCKETS, ensemble_scores, top_k
 
-
-def twin_top_k(models, k):
-    """Plain numpy: rounded-half-up mean, stable argsort descending, first k per class."""
-    total = np.sum([m.astype(np.int64) for m in models], axis=0)
-    n = len(models)
-    vals = (2 * total + n) // (2 * n)
-    order = np.argsort(-vals, axis=0, kind="stable")[: min(k, vals.shape[0])]
-    return order.T, vals
+U64 = np.uint64
 
 
-def random_models(rng, n_rows, n_models, high):
-    return [rng.integers(0, high, (n_rows, 1000)).astype(np.uint16) for _ in range(n_models)]
+def twin_tie_key(seed, c, rows):
+    """Plain numpy splitmix64 of (seed, class, row), low 50 bits: topk_kernels.tie_key."""
+    with np.errstate(over="ignore"):
+        x = U64(seed) + rows.astype(U64) * U64(0x9E3779B97F4A7C15) + U64(c + 1) * U64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> U64(30))) * U64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> U64(27))) * U64(0x94D049BB133111EB)
+    return (x ^ (x >> U64(31))) & U64((1 << 50) - 1)
+
+
+def twin_top_k(models, k, seed):
+    """Plain numpy: rounded-half-up mean; per class the k largest (score, tie key, -row),
+    then the buckets above the boundary in row order and the boundary bucket by tie key."""
+    vals = ensemble_scores(models)
+    n, n_cls = vals.shape
+    k = min(k, n)
+    rows = np.arange(n)
+    out = np.empty((n_cls, k), np.int64)
+    for c in range(n_cls):
+        v = vals[:, c]
+        chosen = np.lexsort((rows, ~twin_tie_key(seed, c, rows), -v))[:k]
+        t = v[chosen[-1]]
+        top = chosen[v[chosen] > t]
+        out[c] = np.concatenate([top[np.lexsort((top, -v[top]))], chosen[v[chosen] == t]])
+    return out, vals
+
+
+def random_models(rng, n_rows, n_models, high, n_cls=1000):
+    return [rng.integers(0, high, (n_rows, n_cls)).astype(np.uint16) for _ in range(n_models)]
 
 
 @pytest.mark.parametrize(
-    "n_rows,n_models,high,k,block",
-    [(500, 1, 4, 37, 64), (700, 3, 6, 100, 129), (300, 2, 3, 300, 1000),
-     (250, 1, N_BUCKETS, 40, 33), (120, 4, 2, 500, 50), (1, 1, 5, 3, 8)],
+    "n_rows,n_models,high,k,block,n_cls",
+    [(500, 1, 4, 37, 64, 1000), (700, 3, 6, 100, 129, 1000), (300, 2, 3, 300, 1000, 1000),
+     (250, 1, N_BUCKETS, 40, 33, 1000), (120, 4, 2, 500, 50, 1000), (1, 1, 5, 3, 8, 1000),
+     (40_000, 1, N_BUCKETS, 900, 4096, 40), (30_000, 2, 30, 2000, 8192, 7)],
 )
-def test_top_k_matches_argsort_twin(n_rows, n_models, high, k, block):
+def test_top_k_equals_twin(n_rows, n_models, high, k, block, n_cls):
     rng = np.random.default_rng(n_rows + n_models)
-    models = random_models(rng, n_rows, n_models, high)
+    models = random_models(rng, n_rows, n_models, high, n_cls)
     sel = top_k(models, k=k, seed=7, block_rows=block)
-    ref, vals = twin_top_k(models, k)
-    assert sel.shape == ref.shape == (1000, min(k, n_rows))
-    for c in range(1000):
-        got = vals[sel[c], c]
-        want = vals[ref[c], c]
-        assert np.array_equal(np.sort(got), np.sort(want)), c  # same multiset of scores
-        assert np.all(np.diff(got) <= 0), c  # best first
-        assert len(np.unique(sel[c])) == sel.shape[1], c  # no duplicate entry
-        above = got > got[-1]  # everything above the boundary: exactly the twin's set
-        assert set(sel[c][above]) == set(ref[c][want > want[-1]]), c
+    ref, vals = twin_top_k(models, k, seed=7)
+    assert sel.shape == ref.shape == (n_cls, min(k, n_rows))
+    assert np.array_equal(sel, ref)
+    for c in range(0, n_cls, 97):
+        assert np.all(np.diff(vals[sel[c], c]) <= 0)  # best first
+        assert len(np.unique(sel[c])) == sel.shape[1]  # no duplicate entry
 
 
-def test_above_boundary_keeps_row_order():
+def test_several_epochs_with_compaction_and_rescan(monkeypatch):
+    """Rows past 2**18 (entries keep 18 row bits), full buffers, and floors set too high."""
     rng = np.random.default_rng(3)
-    models = random_models(rng, 400, 1, 5)
-    sel = top_k(models, k=150, seed=0, block_rows=77)
-    vals = models[0].astype(np.int64)
-    for c in range(0, 1000, 50):
-        v = vals[sel[c], c]
-        for score in np.unique(v[v > v[-1]]):
-            rows = sel[c][v == score]
-            assert np.all(np.diff(rows) > 0)
+    n, k = K.EPOCH_ROWS + 40_000, 5000
+    models = random_models(rng, n, 1, 300, n_cls=9)
+    ref, vals = twin_top_k(models, k, seed=2)
+    assert np.array_equal(top_k(models, k=k, seed=2, block_rows=50_000), ref)
+    monkeypatch.setattr(T, "BUFFER_SLACK", 0.0)  # compact whenever TILE_ROWS extra arrive
+    monkeypatch.setattr(T, "FLOOR_SIGMAS", 0.0)
+    assert np.array_equal(top_k(models, k=k, seed=2, block_rows=50_000), ref)
+    monkeypatch.setattr(T, "FLOOR_SIGMAS", -10.0)  # every sampled floor too high
+    _, fk = T.starting_floors(models, k, seed=2)
+    for c in range(9):
+        kth = ref[c, -1]
+        assert fk[c] > (U64(vals[kth, c]) << U64(50)) | twin_tie_key(2, c, np.array([kth]))[0]
+    assert np.array_equal(top_k(models, k=k, seed=2, block_rows=50_000), ref)  # so: rescanned
+
+
+def test_compact_keeps_the_k_best_in_order_across_epochs():
+    rng = np.random.default_rng(4)
+    p, k, seed, c = 900, 300, 9, 1
+    rows = np.sort(rng.choice(3 * K.EPOCH_ROWS, p, replace=False))
+    scores = rng.integers(0, 20, p)
+    buf = np.zeros((2, p), np.uint32)
+    buf[c] = (scores << K.EPOCH_BITS) | (rows & K.ROW_MASK)
+    epoch_pos = np.full((2, 4), K.NOT_STARTED, np.int64)
+    epoch_pos[:, 0] = 0
+    epoch_pos[c, 1:3] = np.searchsorted(rows, [K.EPOCH_ROWS, 2 * K.EPOCH_ROWS])
+    fv, fk = np.zeros(2, np.uint16), np.zeros(2, U64)
+    q = K.compact(c, p, k, seed, 2, fv, fk, buf, epoch_pos)
+    keys = (scores.astype(U64) << U64(50)) | twin_tie_key(seed, c, rows)
+    keep = np.sort(np.argsort(keys)[::-1][:k])
+    assert q == k and fk[c] == np.sort(keys)[-k] and fv[c] == fk[c] >> U64(50)
+    assert np.array_equal(buf[c, :k], (scores[keep] << K.EPOCH_BITS) | (rows[keep] & K.ROW_MASK))
+    kept_rows = rows[keep]
+    assert np.array_equal(epoch_pos[c, 1:3], np.searchsorted(kept_rows, [K.EPOCH_ROWS, 2 * K.EPOCH_ROWS]))
 
 
 def test_boundary_choice_reproducible_and_seeded():
@@ -83,6 +127,15 @@ def test_k_larger_than_rows_takes_all():
     assert all(set(sel[c]) == set(range(50)) for c in range(1000))
 
 
+def test_fortran_ordered_models_are_read_right():
+    rng = np.random.default_rng(12)
+    models = random_models(rng, 300, 2, 50)
+    want = top_k(models, k=40, seed=3)
+    assert np.array_equal(top_k([np.asfortranarray(m) for m in models], k=40, seed=3), want)
+    assert np.array_equal(top_k([np.asfortranarray(models[0])], k=40, seed=3),
+                          top_k(models[:1], k=40, seed=3))
+
+
 def test_ensemble_rounds_half_up():
     a = np.zeros((1, 1000), np.uint16)
     b = np.zeros((1, 1000), np.uint16)
@@ -100,6 +153,9 @@ def test_scores_above_9999_refused():
         top_k([m], k=5)
     with pytest.raises(Exception, match="above 9999"):
         top_k([m, np.full((50, 1000), 9999, np.uint16)], k=5)  # mean 10000 - 0.5 rounds up
+    m[:, 999] = 65535  # in the last, partial, group of 32 classes
+    with pytest.raises(Exception, match="51 scores above 9999"):
+        top_k([m], k=5)
 
 
 def test_k_below_one_refused():
@@ -109,75 +165,72 @@ def test_k_below_one_refused():
 
 # The kernels against their plain numpy twins.
 
-def test_accumulate_matches_numpy():
-    rng = np.random.default_rng(4)
-    blocks = [rng.integers(0, N_BUCKETS, (33, 1000)).astype(np.uint16) for _ in range(3)]
-    sums = np.empty((33, 1000), np.uint32)
-    for i, b in enumerate(blocks):
-        T.accumulate(sums, b, i == 0)
-    assert np.array_equal(sums, np.sum(blocks, axis=0, dtype=np.uint32))
-
-
-def test_round_mean_matches_twin():
-    rng = np.random.default_rng(5)
-    for n_models in (1, 2, 3, 7):
-        sums = rng.integers(0, 10_000 * n_models, (40, 1000)).astype(np.uint32)
-        means = np.empty((40, 1000), np.uint16)
-        T.round_mean(sums, n_models, means)
-        assert np.array_equal(means, (2 * sums.astype(np.int64) + n_models) // (2 * n_models))
-
-
-@pytest.mark.parametrize("high,k", [(30, 20), (5, 5), (N_BUCKETS, 40), (60, 1000)])
-def test_histogram_exact_at_and_above_floor(high, k):
-    rng = np.random.default_rng(high)
-    vals = rng.integers(0, high, (300, 1000)).astype(np.uint16)
-    hist = np.zeros((1000, N_BUCKETS), np.int32)
-    floor = np.zeros(1000, np.int64)
-    count_ge = np.zeros(1000, np.int64)
-    invalid = np.zeros(1000, np.int64)
-    for r0 in range(0, 300, 64):
-        T.histogram(vals[r0:r0 + 64], k, floor, count_ge, hist, invalid)
-    assert not invalid.any()
-    for c in range(1000):
-        full = np.bincount(vals[:, c], minlength=N_BUCKETS)
-        f = floor[c]
-        assert np.array_equal(hist[c, f:], full[f:])
-        assert count_ge[c] == full[f:].sum() >= min(k, 300)
-        assert full[f + 1:].sum() < k or f == N_BUCKETS - 1  # the floor never passes the boundary
-
-
-def test_swar_compare_matches_lanewise():
+def test_compress_hits_matches_python_twin():
     rng = np.random.default_rng(8)
-    x = rng.integers(0, N_BUCKETS, (5000, 4)).astype(np.uint16)
-    b = rng.integers(0, N_BUCKETS, (5000, 4)).astype(np.uint16)
-    x[:50] = b[:50]  # equal lanes count as >=
-    words = zip(x.view(np.uint64)[:, 0], b.view(np.uint64)[:, 0])
-    m = np.array([T._at_least(xw, bw) for xw, bw in words], np.uint64)
-    got = np.stack([(m >> np.uint64(16 * i + 15)) & np.uint64(1) for i in range(4)], axis=1)
-    assert np.array_equal(got.astype(bool), x >= b)
+    vals = rng.integers(0, 60, (40, 70)).astype(np.uint16)
+    vals[5, :6] = [10_000, 65_535, 9_999, 16_383, 20_000, 0]
+    floors = rng.integers(0, 60, 70).astype(np.uint16)
+    vals[9] = floors  # every score at its floor: all flagged "look closer"
+    got = np.zeros(vals.size + simd.LANES, np.uint32)
+    want = np.zeros_like(got)
+    n_got = n_want = 0
+    for r in range(vals.shape[0]):
+        for c0 in range(0, 70, 32):
+            lanes = min(32, 70 - c0)
+            tag = (r * 7 + c0) % (1 << simd.TAG_BITS)
+            n_got = _compress_jit(vals, r, c0, lanes, floors, tag, got, n_got)
+            n_want = simd.compress_hits_py(vals, r, c0, lanes, floors, tag, want, n_want)
+    assert n_got == n_want == int((vals >= floors).sum())
+    assert np.array_equal(got[:n_got], want[:n_want])
 
 
-def test_boundaries_match_cumsum_twin():
+def _compress_jit(*args):
+    from numba import njit
+
+    global _compress_kernel
+    if "_compress_kernel" not in globals():
+        _compress_kernel = njit(lambda *a: simd.compress_hits(*a))
+    return _compress_kernel(*args)
+
+
+def test_tie_key_matches_numpy_twin():
+    from numba import njit
+
+    keys = njit(lambda seed, c, rows: np.array([K.tie_key(seed, c, r) for r in rows]))
+    rows = np.arange(0, 3_000_000, 997)
+    for seed, c in [(0, 0), (7, 999), (2**40, 3)]:
+        assert np.array_equal(keys(seed, c, rows).astype(U64), twin_tie_key(seed, c, rows))
+
+
+def test_ensemble_mean_matches_twin():
+    rng = np.random.default_rng(5)
+    for n_models in (2, 3, 7):
+        blocks = tuple(rng.integers(0, 65_536, (300, 37)).astype(np.uint16) for _ in range(n_models))
+        blocks[0][:5] = 65_535
+        means = np.empty((300, 37), np.uint16)
+        K.ensemble_mean(blocks, means)
+        assert np.array_equal(means, ensemble_scores(blocks))
+
+
+def test_transpose_matches_numpy():
+    src = np.random.default_rng(6).integers(0, 9999, (77, 45)).astype(np.uint16)
+    dst = np.empty((45, 77), np.uint16)
+    K.transpose(src, dst)
+    assert np.array_equal(dst, src.T)
+
+
+def test_sample_floors_rank_m():
     rng = np.random.default_rng(9)
-    hist = rng.integers(0, 4, (1000, N_BUCKETS)).astype(np.int32)
-    hist[:, 9000:] = 0
-    hist[5] = 0
-    hist[5, 3] = 800  # one class entirely in one bucket
-    k = 700
-    desc = np.cumsum(hist[:, ::-1], axis=1)
-    i = np.argmax(desc >= k, axis=1)
-    want_t = N_BUCKETS - 1 - i
-    work = hist.copy()
-    thresh, above, count_at = (np.zeros(1000, np.int64) for _ in range(3))
-    T.boundaries(work, k, thresh, above, count_at)
-    assert np.array_equal(thresh, want_t)
-    rows = np.arange(1000)
-    assert np.array_equal(count_at, hist[rows, want_t])
-    assert np.array_equal(above, desc[rows, i] - hist[rows, want_t])
-    for c in range(0, 1000, 37):
-        t = want_t[c]
-        starts = np.concatenate([[0], np.cumsum(hist[c, ::-1])])[: N_BUCKETS][::-1]
-        assert np.array_equal(work[c, t + 1:], starts[t + 1:])
+    sample = rng.integers(0, 40, (6, 500)).astype(np.uint16)
+    sample[2] = 5  # one class all in one bucket: the tie key decides the rank
+    rows = np.arange(500) * 3
+    fv, fk = np.zeros(6, np.uint16), np.zeros(6, U64)
+    K.sample_floors(sample, rows, 60, 4, fv, fk)
+    for c in range(6):
+        keys = (sample[c].astype(U64) << U64(50)) | twin_tie_key(4, c, rows)
+        assert fk[c] == np.sort(keys)[-60] and fv[c] == fk[c] >> U64(50)
+    K.sample_floors(sample, rows, 501, 4, fv, fk)  # fewer than m scores: floor 0
+    assert not fv.any() and not fk.any()
 
 
 def test_plain_python_kernels_agree(tmp_path):
@@ -187,15 +240,14 @@ def test_plain_python_kernels_agree(tmp_path):
     import sys
 
     rng = np.random.default_rng(21)
-    # 4 classes only: plain Python walks the 10,000 buckets of each class
-    models = [rng.integers(0, 4, (60, 4)).astype(np.uint16) for _ in range(2)]
+    models = [rng.integers(0, 4, (60, 37)).astype(np.uint16) for _ in range(2)]
     for i, m in enumerate(models):
         np.save(tmp_path / f"m{i}.npy", m)
     code = (
         "import sys, numpy as np; from predict.topk import top_k\n"
         f"ms = [np.load({str(tmp_path)!r} + f'/m{{i}}.npy') for i in range(2)]\n"
         f"np.save({str(tmp_path / 'sel.npy')!r}, top_k(ms, k=15, seed=4, block_rows=16))\n"
-        "print(type(sys.modules['predict.topk'].histogram).__name__)\n"
+        "print(type(sys.modules['predict.topk_kernels'].scan).__name__)\n"
     )
     env = dict(os.environ, YT8M_NO_JIT="1")
     res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
@@ -208,7 +260,7 @@ def test_memory_stays_below_the_matrices(tmp_path):
     """top_k streams memory maps: its allocations stay far below the matrices' size."""
     import tracemalloc
 
-    n = 60_000  # 120 MB per model; the fixed costs (histogram 40 MB, buffers) are less
+    n, k = 60_000, 10  # 120 MB per model
     rng = np.random.default_rng(0)
     paths = []
     for i in range(2):
@@ -219,12 +271,12 @@ def test_memory_stays_below_the_matrices(tmp_path):
         del mm
         paths.append(path)
     models = [np.load(p, mmap_mode="r") for p in paths]
-    top_k(models, k=10, block_rows=4096)  # compile outside the measurement
+    top_k(models, k=k, block_rows=4096)  # compile outside the measurement
     tracemalloc.start()
-    sel = top_k(models, k=10, block_rows=4096)
+    sel = top_k(models, k=k, block_rows=4096)
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
-    assert sel.shape == (1000, 10)
-    hist = 1000 * N_BUCKETS * 4
-    buffers = 4096 * 1000 * (4 + 2)
-    assert peak < hist + buffers + 8 * 2**20 < n * 1000 * 2
+    assert sel.shape == (1000, k)
+    buffers = 1000 * (k + K.TILE_ROWS) * 4 + 4096 * 1000 * 2  # candidates, one mean block
+    sample = T.SAMPLE_ROWS * 1000 * 2 * 3  # gathered rows, their mean, transposed
+    assert peak < buffers + sample + 8 * 2**20 < n * 1000 * 2

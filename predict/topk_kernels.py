@@ -1,0 +1,280 @@
+"""The numba kernels of the one-pass top-k (predict/topk.py explains the method).
+
+A class's candidates live in its row of a (C, cap) uint32 buffer as packed
+entries `score << 18 | row % 2**18`, appended in row order; `epoch_pos[c, e]` is
+the buffer position where class c's entries of epoch e (rows
+[e * 2**18, (e + 1) * 2**18)) begin (INT64_MAX for an epoch not reached yet).
+
+Order of segments within a class: score descending, then, in the boundary
+bucket, tie key descending (a seeded pseudo-random 50-bit key per (class, row)),
+and row ascending elsewhere. The floor of a class is a composite key
+`score << 50 | tie key`: every entry at or above it is in the buffer.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import prange  # behaves as `range` when YT8M_NO_JIT=1 turns njit off
+
+from ingest.jit import njit
+from predict.predictions import QUANT_SCALE
+from predict.simd import (
+    CLOSER_BIT,
+    LANE_SHIFT,
+    LANES,
+    TAG_BITS,
+    TAG_SHIFT,
+    VALUE_MASK,
+    compress_hits,
+    prefetch_write,
+)
+
+N_BUCKETS = QUANT_SCALE + 1  # 10,000 buckets, one per quantised score 0..9999
+EPOCH_BITS = 18  # an entry keeps a row's low 18 bits; its epoch is known from its position
+EPOCH_ROWS = 1 << EPOCH_BITS
+ROW_MASK = EPOCH_ROWS - 1
+KEY_SHIFT = 50  # composite key: score (14 bits) above a 50-bit tie key
+NOT_STARTED = np.iinfo(np.int64).max  # epoch_pos of an epoch not reached yet
+TILE_ROWS = 256  # rows per tile: a tile of a thread's columns stays in L2
+CHUNK_GROUPS = 16  # 32-class groups per chunk: the chunk's appends stay in L1
+TILE_TAG_SHIFT = 4  # hit tag = row-in-tile << 4 | group-in-chunk
+PREFETCH_AHEAD = 32  # entries: the class's write front two cache lines ahead
+HITS_PER_PART = TILE_ROWS * CHUNK_GROUPS * LANES + LANES  # a chunk's hits, + a store's spill
+assert CHUNK_GROUPS == 1 << TILE_TAG_SHIFT and TILE_ROWS << TILE_TAG_SHIFT <= 1 << TAG_BITS
+_CLASS_BITS = 5 + TILE_TAG_SHIFT  # lane and group-in-chunk, side by side above the score
+_ROW_SHIFT = TAG_SHIFT + TILE_TAG_SHIFT
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)  # splitmix64 constants
+_MIX1 = np.uint64(0xBF58476D1CE4E5B9)
+_MIX2 = np.uint64(0x94D049BB133111EB)
+_TIE_MASK = np.uint64((1 << KEY_SHIFT) - 1)
+
+
+@njit(inline="always")
+def tie_key(seed, c, row):
+    """The 50-bit tie key of (class c, row) under `seed`: the splitmix64 finaliser."""
+    x = np.uint64(seed) + np.uint64(row) * _GOLDEN + np.uint64(c + 1) * _MIX1
+    x = (x ^ (x >> np.uint64(30))) * _MIX1
+    x = (x ^ (x >> np.uint64(27))) * _MIX2
+    return (x ^ (x >> np.uint64(31))) & _TIE_MASK
+
+
+@njit(inline="always")
+def composite(score, seed, c, row):
+    """Score above tie key: the order of the output, as one uint64."""
+    return (np.uint64(score) << np.uint64(KEY_SHIFT)) | tie_key(seed, c, row)
+
+
+@njit(inline="always")
+def _next_epoch(epoch_pos, c, i, e, nxt):
+    """Advance epoch e (next start nxt) of class c to the one that holds position i."""
+    while i >= nxt:
+        e += 1
+        nxt = epoch_pos[c, e + 1]
+    return e, nxt
+
+
+@njit
+def compact(c, p, k, seed, epoch, fv, fk, buf, epoch_pos):
+    """Keep the k best of class c's p buffered entries (stable); raise its floor to the k-th.
+
+    Rewrites epoch_pos[c, 1:epoch + 1]. Returns k. Rare (the sampled floors leave
+    room), so its scratch is allocated here.
+    """
+    keys = np.empty(p, np.uint64)
+    e, nxt = 0, epoch_pos[c, 1]
+    for i in range(p):
+        e, nxt = _next_epoch(epoch_pos, c, i, e, nxt)
+        x = buf[c, i]
+        keys[i] = composite(x >> EPOCH_BITS, seed, c, e * EPOCH_ROWS + (x & ROW_MASK))
+    kth = np.partition(keys[:p], p - k)[p - k]
+    ties = k
+    for i in range(p):
+        ties -= keys[i] > kth
+    q, e, nxt = 0, 0, epoch_pos[c, 1]
+    for i in range(p):
+        while i >= nxt:
+            e += 1
+            epoch_pos[c, e] = q
+            nxt = epoch_pos[c, e + 1]
+        key = keys[i]
+        if key > kth or (key == kth and ties > 0):
+            ties -= key == kth
+            buf[c, q] = buf[c, i]
+            q += 1
+    while e < epoch:  # epochs that began at position p, with no entry yet
+        e += 1
+        epoch_pos[c, e] = q
+    fv[c] = kth >> np.uint64(KEY_SHIFT)
+    fk[c] = kth
+    return q
+
+
+@njit(parallel=True)
+def scan(vals, row0, epoch, fv, fk, seed, k, buf, cnt, epoch_pos, invalid, hits):
+    """Append every score of a block at or above its class's floor to the class's buffer.
+
+    vals (B, C) uint16, rows row0.. of one epoch; fv (C,) uint16 floor scores (the
+    SIMD compare), fk (C,) uint64 composite floors; buf (C, cap) uint32; cnt (C,)
+    int64 entries per class; invalid (C,) counts scores above 9999 (not appended);
+    hits (n_parts, HITS_PER_PART) uint32 scratch. Parallel over n_parts class
+    ranges; per tile of rows and chunk of classes the hits are compressed first
+    (predict/simd.py), then appended; only a hit flagged "look closer" (at its
+    floor, or above 9999) is checked one by one; a full buffer is compacted to its
+    k best, after which the chunk's remaining hits are all checked.
+    """
+    n_rows, n_cls = vals.shape
+    cap = buf.shape[1]
+    n_groups = (n_cls + LANES - 1) // LANES
+    n_parts = hits.shape[0]
+    for part in prange(n_parts):
+        g0 = part * n_groups // n_parts
+        g1 = (part + 1) * n_groups // n_parts
+        for t0 in range(0, n_rows, TILE_ROWS):
+            t1 = min(t0 + TILE_ROWS, n_rows)
+            for h0 in range(g0, g1, CHUNK_GROUPS):
+                n = 0
+                for r in range(t0, t1):
+                    for g in range(h0, min(h0 + CHUNK_GROUPS, g1)):
+                        c0 = g * LANES
+                        tag = ((r - t0) << TILE_TAG_SHIFT) | (g - h0)
+                        n = compress_hits(vals, r, c0, min(LANES, n_cls - c0), fv, tag, hits[part], n)
+                c_base, row_base = h0 * LANES, row0 + t0
+                raised = False  # a floor rose: the flags of the remaining hits are stale
+                for i in range(n):
+                    x = np.int64(hits[part, i])
+                    c = c_base + ((x >> LANE_SHIFT) & ((1 << _CLASS_BITS) - 1))
+                    row = row_base + ((x >> _ROW_SHIFT) & (TILE_ROWS - 1))
+                    v = x & VALUE_MASK
+                    if x >> CLOSER_BIT or raised:
+                        if v > QUANT_SCALE:
+                            invalid[c] += 1
+                            continue
+                        if composite(v, seed, c, row) < fk[c]:
+                            continue
+                    p = cnt[c]
+                    if p == cap:
+                        p = _make_room(c, v, row, k, seed, epoch, fv, fk, buf, cnt, epoch_pos)
+                        raised = True
+                        if p < 0:
+                            continue
+                    buf[c, p] = (v << EPOCH_BITS) | (row & ROW_MASK)
+                    prefetch_write(buf, c, min(p + PREFETCH_AHEAD, cap - 1))
+                    cnt[c] = p + 1
+
+
+@njit
+def _make_room(c, v, row, k, seed, epoch, fv, fk, buf, cnt, epoch_pos):
+    """Compact class c's full buffer; the slot for (v, row), or -1 if it now falls below."""
+    p = compact(c, cnt[c], k, seed, epoch, fv, fk, buf, epoch_pos)
+    cnt[c] = p
+    return p if composite(v, seed, c, row) >= fk[c] else -1
+
+
+@njit(parallel=True)
+def sample_floors(sample, rows, m, seed, fv, fk):
+    """Per class, the composite key of rank m (1 = best) of its sampled scores.
+
+    sample (C, S) uint16 class-major scores of the sampled rows `rows` (S,);
+    writes fv (C,) uint16 and fk (C,) uint64; floor 0 where fewer than m scores
+    (scores above 9999 are not counted: the scan refuses them).
+    """
+    n_cls, s = sample.shape
+    for c in prange(n_cls):
+        hist = np.zeros(N_BUCKETS, np.int64)
+        for i in range(s):
+            if sample[c, i] <= QUANT_SCALE:
+                hist[sample[c, i]] += 1
+        above, b = 0, QUANT_SCALE
+        while b > 0 and above + hist[b] < m:
+            above += hist[b]
+            b -= 1
+        if above + hist[b] < m:
+            fv[c], fk[c] = 0, 0
+            continue
+        keys = np.empty(hist[b], np.uint64)
+        j = 0
+        for i in range(s):
+            if sample[c, i] == b:
+                keys[j] = composite(b, seed, c, rows[i])
+                j += 1
+        keys.sort()
+        fv[c] = b
+        fk[c] = keys[hist[b] - (m - above)]
+
+
+@njit(parallel=True)
+def finish(k, seed, buf, cnt, epoch_pos, n_parts):
+    """In place: buf[c, :k] = the k best rows of class c (as row numbers), best first.
+
+    A 10,000-bucket counting sort of the class's entries in cache: buckets above
+    the boundary bucket in row order, then the boundary bucket's `need` best tie
+    keys (descending; row order on equal keys).
+    """
+    n_cls, cap = buf.shape
+    for part in prange(n_parts):
+        hist = np.empty(N_BUCKETS, np.int64)
+        entries = np.empty(cap, np.uint32)
+        tie_rows = np.empty(cap, np.int64)
+        tie_keys = np.empty(cap, np.uint64)
+        for c in range(part * n_cls // n_parts, (part + 1) * n_cls // n_parts):
+            p = cnt[c]
+            entries[:p] = buf[c, :p]
+            hist[:] = 0
+            for i in range(p):
+                hist[entries[i] >> EPOCH_BITS] += 1
+            above, t = 0, QUANT_SCALE
+            while t > 0 and above + hist[t] < k:
+                h = hist[t]
+                hist[t] = above  # first output slot of bucket t
+                above += h
+                t -= 1
+            j, e, nxt = 0, 0, epoch_pos[c, 1]
+            for i in range(p):
+                e, nxt = _next_epoch(epoch_pos, c, i, e, nxt)
+                x = entries[i]
+                v = x >> EPOCH_BITS
+                row = e * EPOCH_ROWS + (x & ROW_MASK)
+                if v > t:
+                    buf[c, hist[v]] = row
+                    hist[v] += 1
+                elif v == t:
+                    tie_rows[j] = row
+                    tie_keys[j] = ~tie_key(seed, c, row)
+                    j += 1
+            order = np.argsort(tie_keys[:j], kind="mergesort")
+            for i in range(k - above):
+                buf[c, above + i] = tie_rows[order[i]]
+
+
+@njit(parallel=True)
+def ensemble_mean(blocks, means):
+    """means (B, C) uint16 = rounded-half-up mean of the tuple of (B, C) uint16 `blocks`.
+
+    `(2 * sum + M) // (2 * M)` computed as a float64 division (exact: both operands
+    are integers below 2**53 and a non-integer quotient is at least 1 / (2 M) away
+    from the next integer), so that the row loop vectorises.
+    """
+    n_rows, n_cls = means.shape
+    n_models = len(blocks)
+    for t in prange((n_rows + TILE_ROWS - 1) // TILE_ROWS):
+        total = np.empty(n_cls, np.uint32)
+        for r in range(t * TILE_ROWS, min((t + 1) * TILE_ROWS, n_rows)):
+            total[:] = 0
+            for block in blocks:
+                for c in range(n_cls):
+                    total[c] += block[r, c]
+            for c in range(n_cls):
+                means[r, c] = np.uint16((2.0 * total[c] + n_models) / (2.0 * n_models))
+
+
+@njit(parallel=True)
+def transpose(src, dst):
+    """dst (C, B) = src (B, C).T, in 32 × 32 tiles (both uint16)."""
+    n_rows, n_cls = src.shape
+    for g in prange((n_cls + LANES - 1) // LANES):
+        c0 = g * LANES
+        c1 = min(c0 + LANES, n_cls)
+        for r0 in range(0, n_rows, LANES):
+            for c in range(c0, c1):
+                for r in range(r0, min(r0 + LANES, n_rows)):
+                    dst[c, r] = src[r, c]
