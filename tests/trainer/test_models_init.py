@@ -1,6 +1,6 @@
 """Every Linear of a freshly built model follows the reference initialisation (zero biases)."""
 import pytest
-import torch.nn as nn
+from torch import nn
 
 from trainer.registry import VARIANTS, build
 
