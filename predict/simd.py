@@ -1,4 +1,8 @@
-"""One SIMD primitive for the top-k scan: compare 32 scores with their floors, compress the hits.
+"""The low-level primitives of the predict kernels, as numba intrinsics with Python twins.
+
+`prefetch_write` (a write hint for the top-k appends) and `store_u64` (an
+unaligned 8-byte store for the submission writer) are one LLVM instruction each;
+the main one is the top-k scan's compare-and-compress:
 
 `compress_hits(vals, row, col, lanes, floors, tag, out, n)` looks at the `lanes`
 (<= 32) scores `vals[row, col:col + lanes]` against `floors[col:col + lanes]`,
@@ -17,6 +21,8 @@ x86 targets get LLVM's generic lowering of the same IR. With `YT8M_NO_JIT=1` the
 plain Python twin below runs instead (the tests compare both).
 """
 from __future__ import annotations
+
+import numpy as np
 
 from ingest.jit import JIT_ENABLED
 from predict.predictions import QUANT_SCALE
@@ -66,9 +72,11 @@ def _compress_hits_intrinsic():
 
     @intrinsic
     def compress_hits(typingctx, vals_t, row_t, col_t, lanes_t, floors_t, tag_t, out_t, n_t):
-        sig = types.int64(vals_t, row_t, col_t, lanes_t, floors_t, tag_t, out_t, n_t)
+        sig = types.intp(vals_t, row_t, col_t, lanes_t, floors_t, tag_t, out_t, n_t)
 
         def codegen(context, builder, signature, args):
+            args = [context.cast(builder, a, t, types.intp) if isinstance(t, types.Integer) else a
+                    for a, t in zip(args, signature.args)]
             vals, row, col, lanes, floors, tag, out, n = args
             vals_ty, floors_ty, out_ty = signature.args[0], signature.args[4], signature.args[6]
 
@@ -150,9 +158,10 @@ def _prefetch_write_intrinsic():
         def codegen(context, builder, signature, args):
             arr_ty = signature.args[0]
             arr = context.make_array(arr_ty)(context, builder, args[0])
+            idx = [context.cast(builder, args[i], signature.args[i], types.intp) for i in (1, 2)]
             p = cgutils.get_item_pointer2(
                 context, builder, arr.data, cgutils.unpack_tuple(builder, arr.shape),
-                cgutils.unpack_tuple(builder, arr.strides), arr_ty.layout, [args[1], args[2]],
+                cgutils.unpack_tuple(builder, arr.strides), arr_ty.layout, idx,
                 wraparound=False)
             fn = builder.module.globals.get("llvm.prefetch.p0")
             if fn is None:
@@ -168,3 +177,41 @@ def _prefetch_write_intrinsic():
 
 
 prefetch_write = _prefetch_write_intrinsic() if JIT_ENABLED else prefetch_write_py
+
+
+def store_u64_py(buf, pos, value):
+    """Plain Python twin of `store_u64`."""
+    buf[pos:pos + 8] = np.frombuffer(np.uint64(value).tobytes(), np.uint8)
+
+
+def _store_u64_intrinsic():
+    from llvmlite import ir
+    from numba import types
+    from numba.core import cgutils
+    from numba.extending import intrinsic
+
+    i64 = ir.IntType(64)
+
+    @intrinsic
+    def store_u64(typingctx, buf_t, pos_t, value_t):
+        sig = types.void(buf_t, pos_t, types.uint64)
+
+        def codegen(context, builder, signature, args):
+            buf_ty = signature.args[0]
+            arr = context.make_array(buf_ty)(context, builder, args[0])
+            pos = context.cast(builder, args[1], signature.args[1], types.intp)
+            p = cgutils.get_item_pointer2(
+                context, builder, arr.data, cgutils.unpack_tuple(builder, arr.shape),
+                cgutils.unpack_tuple(builder, arr.strides), buf_ty.layout, [pos],
+                wraparound=False)
+            builder.store(args[2], builder.bitcast(p, i64.as_pointer()), align=1)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return store_u64
+
+
+# buf[pos:pos + 8] = the 8 little-endian bytes of a uint64, one unaligned store
+# (buf: a 1-D uint8 array with 8 bytes from pos; no bounds check).
+store_u64 = _store_u64_intrinsic() if JIT_ENABLED else store_u64_py

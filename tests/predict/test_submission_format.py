@@ -6,6 +6,7 @@ import polars as pl
 import pytest
 
 from ingest.vocab import segment_class_ids
+from predict import submission
 from predict.submission import (
     SubmissionError,
     read_submission,
@@ -16,12 +17,16 @@ from predict.submission import (
 IDS = segment_class_ids()
 
 
-def test_writer_matches_join_twin(tmp_path):
-    rng = np.random.default_rng(0)
+@pytest.mark.parametrize("id_len,chunk_bytes", [(12, 64 << 20), (1, 64 << 20), (40, 5000)])
+def test_writer_matches_join_twin(tmp_path, monkeypatch, id_len, chunk_bytes):
+    monkeypatch.setattr(submission, "CHUNK_BYTES", chunk_bytes)  # several chunks of classes
+    rng = np.random.default_rng(id_len)
     n = 300
-    table = pl.DataFrame({"video_id": [f"v{rng.integers(1e6)}-x_{i}" for i in range(n)],
+    ids = [f"v{i}-" + "x" * int(rng.integers(0, id_len + 1)) for i in range(n)]
+    table = pl.DataFrame({"video_id": ids,
                           "start_time": pl.Series(rng.integers(0, 400, n) * 5, dtype=pl.Int32)})
-    rows = np.stack([rng.permutation(n)[:40] for _ in range(1000)]).astype(np.int32)
+    wide = np.stack([rng.permutation(n)[:80] for _ in range(1000)]).astype(np.int32)
+    rows = wide[:, ::2]  # a strided view, like top_k's result
     path = tmp_path / "s.csv"
     write_submission(path, rows, table)
     entries = [f"{v}:{s}" for v, s in table.iter_rows()]
@@ -29,6 +34,27 @@ def test_writer_matches_join_twin(tmp_path):
     assert path.read_text().splitlines() == twin
     assert read_submission(path, k=40)[int(IDS[3])] == [entries[r] for r in rows[3]]
     assert [p.name for p in tmp_path.iterdir()] == ["s.csv"]
+
+
+def test_writer_plain_python_twin(tmp_path):
+    """With YT8M_NO_JIT=1 (store_u64's Python twin) the file is byte for byte the same."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, numpy as np, polars as pl; from predict.submission import write_submission\n"
+        "t = pl.DataFrame({'video_id': ['a', 'bbbbbbbbbbbbbbbbbbbbbbbbb', 'cc'], "
+        "'start_time': pl.Series([5, 120, 35], dtype=pl.Int32)})\n"
+        "rows = np.array([[1, 0, 2], [2, 1, 0]] * 500, np.int32)\n"
+        "write_submission(sys.argv[1], rows, t)\n"
+    )
+    paths = [tmp_path / "jit.csv", tmp_path / "py.csv"]
+    for path, jit in zip(paths, ("0", "1")):
+        env = dict(os.environ, YT8M_NO_JIT=jit)
+        subprocess.run([sys.executable, "-c", code, str(path)], env=env, check=True)
+    assert paths[0].read_bytes() == paths[1].read_bytes()
+    assert paths[0].read_text().splitlines()[1].endswith(",bbbbbbbbbbbbbbbbbbbbbbbbb:120 a:5 cc:35")
 
 
 def write(tmp_path, text):
