@@ -15,8 +15,8 @@ each in its own subprocess and the median of --repeats runs:
 - baseline (a): per class column, gather the column from the memory-mapped
   matrices, rounded ensemble mean, `np.argpartition` for the top K, sort those K;
   timed on --baseline-classes classes and extrapolated to 1000 (said in the output);
-Before timing, a throwaway process touches WARM_GB of fresh memory (the VM backs
-guest memory lazily; see `warm_guest_memory`).
+Before each timed run the worker touches and frees WARM_GB of memory (the VM
+backs guest memory lazily; see `warm_guest_memory`; `--cold` leaves it out).
 
 - baseline (b): one sequential read pass (readinto a reused 16 MB buffer) over
   the same .npy bytes of every model, taken alternately with the project's runs
@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 DATA = ROOT / "bench_data" / "predict"
 READ_CHUNK = 16 << 20
-WARM_GB = 3.0  # fresh memory touched once before timing (see warm_guest_memory)
+WARM_GB = 2.0  # memory touched and freed before each timed run (see warm_guest_memory)
 
 
 def rss_anon_kb() -> int:
@@ -88,14 +88,17 @@ def generate(path: Path, rows: int, seed: int) -> None:
 
 
 def warm_guest_memory(gb: float) -> None:
-    """Touch `gb` of fresh memory in a throwaway process.
+    """Touch `gb` of fresh memory and free it again, in this process, before timing.
 
-    The development VM backs guest memory lazily: the first touch of a page the
-    guest never used costs 10-20x a later one (0.25 vs 6 GB/s, measured). Without
-    this, whichever run first allocates its buffers pays for the VM, not for its code.
+    The development VM backs guest memory lazily and takes back pages that stay
+    free for a few seconds: the first touch of such a page costs 10-20x a later one
+    (0.25 vs 6 GB/s; the same 456 MB buffer took 1.07, 0.10 and 0.22 s to fill in
+    three fresh processes). Touching and freeing memory just before the timed call
+    hands its buffers pages the host backs already, so the run measures the code.
+    `--cold` leaves this out.
     """
-    code = f"import numpy as np; a = np.ones({int(gb * 2**30)}, np.uint8); print(a[::4096].sum())"
-    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+    block = np.ones(int(gb * 2**30), np.uint8)
+    del block
 
 
 def read_pass(path: Path) -> float:
@@ -107,7 +110,7 @@ def read_pass(path: Path) -> float:
     return time.perf_counter() - t
 
 
-def worker_topk(paths: list[str], k: int) -> dict:
+def worker_topk(paths: list[str], k: int, warm_memory: bool = True) -> dict:
     from predict.predictions import open_ensemble
     from predict.submission import write_submission
     from predict.topk import top_k
@@ -116,6 +119,8 @@ def worker_topk(paths: list[str], k: int) -> dict:
     warm.setflags(write=False)  # the memory maps are read-only: load that specialisation
     top_k([warm] * len(paths), k=10, progress=False)
     models = open_ensemble(paths)
+    if warm_memory:
+        warm_guest_memory(WARM_GB)
     with AnonPeak() as peak:
         t0, c0 = time.perf_counter(), time.process_time()
         rows = top_k([m.scores for m in models], k=k, progress=False)
@@ -151,13 +156,13 @@ def run_worker(args: list[str]) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def interleaved(repeats: int, paths: list[str], k: int) -> tuple[dict, float, float]:
+def interleaved(repeats: int, paths: list[str], k: int, cold: bool) -> tuple[dict, float, float]:
     """Medians of the project's run and of the read pass over the same files, taken
     alternately (a read pass, then a run, per repeat), and the median of their ratios."""
     runs, reads = [], []
     for _ in range(repeats):
         reads.append(sum(read_pass(Path(p)) for p in paths))
-        runs.append(run_worker(["topk", str(k), *paths]))
+        runs.append(run_worker(["topk-cold" if cold else "topk", str(k), *paths]))
     proj = {key: float(np.median([r[key] for r in runs])) for key in runs[0]}
     ratio = float(np.median([r["topk_s"] / b for r, b in zip(runs, reads)]))
     return proj, float(np.median(reads)), ratio
@@ -177,12 +182,14 @@ def main() -> None:
     ap.add_argument("--baseline-classes", type=int, default=8)
     ap.add_argument("--full", action="store_true", help="project and read pass only (no argpartition)")
     ap.add_argument("--keep", action="store_true", help="keep the generated files")
+    ap.add_argument("--cold", action="store_true",
+                    help="no memory warm-up before the timed runs (see warm_guest_memory)")
     ap.add_argument("--worker", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.worker:
         kind, k, *rest = a.worker
-        if kind == "topk":
-            print(json.dumps(worker_topk(rest, int(k))))
+        if kind in ("topk", "topk-cold"):
+            print(json.dumps(worker_topk(rest, int(k), warm_memory=kind == "topk")))
         else:
             print(json.dumps(worker_argpartition(rest[1:], int(k), int(rest[0]))))
         return
@@ -193,13 +200,12 @@ def main() -> None:
         generate(p, a.rows, seed=i)
     for p in paths:
         read_pass(p)  # warm the page cache
-    warm_guest_memory(WARM_GB)
     gb = paths[0].stat().st_size / 1e9
     print(f"# {a.rows} segments x 1000 classes, {gb:.2f} GB per model, K = {a.k}, "
           f"median of {a.repeats}")
     for n in sorted({1, a.models}):
         sel = [str(p) for p in paths[:n]]
-        proj, read_s, ratio = interleaved(a.repeats, sel, a.k)
+        proj, read_s, ratio = interleaved(a.repeats, sel, a.k, a.cold)
         print(f"baseline (b) sequential read, {n} model(s): {read_s:.2f} s "
               f"({n * gb / read_s:.2f} GB/s)")
         print(f"project top_k, {n} model(s): {proj['topk_s']:.2f} s "
