@@ -30,6 +30,15 @@ import numpy as np
 import polars as pl
 
 from ingest.errors import IngestError
+from ingest.manifest import (  # noqa: F401 - part of this module's API
+    FORMAT_VERSION,
+    MANIFEST,
+    PART_JSON,
+    PARTS,
+    TMP,
+    StoreError,
+    read_manifest,
+)
 from ingest.segments import (
     NEGATIVE_BYTES,
     WINDOW_FRAMES,
@@ -41,17 +50,8 @@ from ingest.segments import (
 )
 from ingest.video import FRAME_BYTES
 
-FORMAT_VERSION = 1  # bump when the layout or a table's columns change (docs/store.md)
-MANIFEST = "manifest.json"
-PARTS = "parts"
-TMP = ".tmp"
-PART_JSON = "part.json"
 READ_BLOCK = 8 << 20  # block size of checksum passes
 TABLES = ("videos", "segments", "candidates", "video_level")
-
-
-class StoreError(IngestError):
-    """The path is not a complete store, or the store does not match its manifest."""
 
 
 def part_name(source: str) -> str:
@@ -60,18 +60,6 @@ def part_name(source: str) -> str:
     for ext in (".tfrecord", ".tfrec"):
         name = name.removesuffix(ext)
     return re.sub(r"[^A-Za-z0-9._-]", "_", name) or "part"
-
-
-def read_manifest(path) -> dict:
-    """The manifest of the store at `path`; StoreError if the store is incomplete."""
-    file = Path(path) / MANIFEST
-    if not file.is_file():
-        raise StoreError(f"{path}: not a complete store (no {MANIFEST}; run `ingest convert`)")
-    manifest = json.loads(file.read_text())
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise StoreError(f"{path}: store format {manifest.get('format_version')}, "
-                         f"this reader reads format {FORMAT_VERSION}")
-    return manifest
 
 
 def file_checksum(path) -> tuple[int, str]:
@@ -394,6 +382,9 @@ def _verify_part(store: Path, entry: dict) -> list[str]:
     if int(outside_video(starts, nf[video]).sum()) != c["outside_video"]:
         out.append("outside_video count differs from the manifest")
     lo, hi, pl_, _ = window_spans(starts, nf[video])
+    empty = np.nonzero(hi <= lo)[0]  # windows with no frame at all: every byte padding
+    if len(empty) and windows.get_orthogonal_selection((empty, slice(None), slice(None))).any():
+        out.append("windows.zarr has non-zero bytes in a window outside its video")
     step = frames.shards[0] if frames.shards else frames.chunks[0]
     for a in range(0, c["frames"], step):  # bounded memory: one Zarr shard at a time
         end = min(a + step, c["frames"])

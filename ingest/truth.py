@@ -1,8 +1,9 @@
 """Rated segments (the truth for `predict evaluate`) from a truth Parquet file or a store.
 
 Either the file that `ingest synth --split test` writes beside its test shards
-(`OUT_DIR/truth.parquet`) or a store directory, whose rated segments are the
-`STORE/parts/*/segments.parquet` tables. Columns (docs/formats.md):
+(`OUT_DIR/truth.parquet`) or a complete store, whose rated segments are the
+`segments.parquet` tables of the parts its manifest lists (a store without a
+manifest, one whose conversion has not finished, is refused). Columns (docs/formats.md):
 video_id string, start_time int32, label int32, class_index int16, score float32.
 """
 from __future__ import annotations
@@ -12,6 +13,7 @@ from pathlib import Path
 import polars as pl
 
 from ingest.errors import IngestError
+from ingest.manifest import PARTS, StoreError, read_manifest
 
 TRUTH_SCHEMA = {
     "video_id": pl.String,
@@ -20,7 +22,7 @@ TRUTH_SCHEMA = {
     "class_index": pl.Int16,
     "score": pl.Float32,
 }
-STORE_SEGMENT_GLOB = "parts/*/segments.parquet"
+SEGMENTS_TABLE = "segments.parquet"  # a part's rated segments
 
 
 class TruthError(IngestError):
@@ -54,15 +56,22 @@ def read_truth(path) -> pl.DataFrame:
     """The rated segments under `path` (a truth Parquet file or a store directory).
 
     Returns a DataFrame with exactly the TRUTH_SCHEMA columns, one row per rated
-    (segment, class), parts concatenated in sorted path order.
+    (segment, class), parts concatenated in the manifest's order.
     """
     path = Path(path)
     if path.is_dir():
-        files = sorted(path.glob(STORE_SEGMENT_GLOB))
-        if not files:
-            raise TruthError(f"{path}: a directory without {STORE_SEGMENT_GLOB}: not a store")
+        try:
+            manifest = read_manifest(path)
+        except StoreError as err:
+            raise TruthError(str(err)) from None
+        files = [path / PARTS / p["part"] / SEGMENTS_TABLE for p in manifest["parts"]]
+        missing = [f for f in files if not f.is_file()]
+        if missing:
+            raise TruthError(f"{missing[0]}: missing (the store's manifest lists this part)")
     elif path.is_file():
         files = [path]
     else:
         raise TruthError(f"{path}: no such file or directory")
+    if not files:
+        return pl.DataFrame(schema=TRUTH_SCHEMA)
     return pl.concat([read_table(f, TRUTH_SCHEMA) for f in files], how="vertical")

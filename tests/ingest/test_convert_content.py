@@ -208,3 +208,28 @@ def test_folds_spread_over_names_that_differ_in_one_digit():
     assert set(counts) == set(range(N_FOLDS))
     assert max(counts.values()) < 1.2 * 3844 / N_FOLDS
     assert len({fold_of(f"validate-{i:05d}-of-00008.tfrecord") for i in range(8)}) >= 4
+
+
+class _AnyChecksum:
+    """Compares equal to every checksum: a store whose file CRCs were rewritten to match."""
+
+    def __eq__(self, other):
+        return True
+
+    def __ne__(self, other):
+        return False
+
+
+def test_verify_finds_bytes_in_a_window_outside_its_video(tmp_path, monkeypatch):
+    shards = synth_shards(tmp_path / "src", shards=1, videos=20, beyond_end_rate=0.3)
+    store = make_store(shards, tmp_path / "store", workers=1)
+    s = store.segments
+    nf = store.videos["n_frames"].to_numpy()[s["video_index"].to_numpy()]
+    lo, hi, _, _ = seg.window_spans(s["start_time"].to_numpy(), nf)
+    row = int(np.flatnonzero(hi <= lo)[0])  # a window with no frame of its video
+    assert verify_store(store.path) == []
+    z = zarr.open_array(str(store.path / "parts" / store.parts[0] / "windows.zarr"), mode="r+")
+    z[row, 5, 7] = 1
+    monkeypatch.setattr("ingest.store.file_checksum", lambda path: (0, _AnyChecksum()))
+    assert (f"{store.parts[0]}: windows.zarr has non-zero bytes in a window outside its video"
+            in verify_store(store.path))

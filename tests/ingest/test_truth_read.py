@@ -1,9 +1,12 @@
 """`ingest.truth.read_truth` from a truth file or a store directory, and its errors."""
 from __future__ import annotations
 
+import json
+
 import polars as pl
 import pytest
 
+from ingest.manifest import FORMAT_VERSION
 from ingest.truth import TRUTH_SCHEMA, TruthError, read_truth
 
 
@@ -26,20 +29,36 @@ def test_truth_file(tmp_path):
     assert got.equals(table(4))
 
 
+def write_manifest(store, parts):
+    (store / "manifest.json").write_text(json.dumps(
+        {"format_version": FORMAT_VERSION, "parts": [{"part": p} for p in parts]}))
+
+
 def test_store_parts_concatenated_and_widths_cast(tmp_path):
-    for i, name in enumerate(["part-b", "part-a"]):
+    for i, name in enumerate(["part-b", "part-a", "part-c"]):
         (tmp_path / "parts" / name).mkdir(parents=True)
         t = table(3, offset=10 * i).with_columns(pl.col("start_time").cast(pl.Int64))
         t.write_parquet(tmp_path / "parts" / name / "segments.parquet")
+    write_manifest(tmp_path, ["part-a", "part-b"])  # part-c: on disk, not in the manifest
     got = read_truth(tmp_path)
     assert got.schema == pl.Schema(TRUTH_SCHEMA)
-    assert got["video_id"].to_list() == ["v10", "v11", "v12", "v0", "v1", "v2"]  # sorted part order
+    assert got["video_id"].to_list() == ["v10", "v11", "v12", "v0", "v1", "v2"]  # manifest order
+
+
+def test_incomplete_store_refused(tmp_path):
+    (tmp_path / "parts" / "part-a").mkdir(parents=True)
+    table(2).write_parquet(tmp_path / "parts" / "part-a" / "segments.parquet")
+    with pytest.raises(TruthError, match="not a complete store .*no manifest.json"):
+        read_truth(tmp_path)  # a conversion that has not finished
+    write_manifest(tmp_path, ["part-a", "part-b"])
+    with pytest.raises(TruthError, match="part-b/segments.parquet: missing"):
+        read_truth(tmp_path)
 
 
 def test_errors(tmp_path):
     with pytest.raises(TruthError, match="no such file"):
         read_truth(tmp_path / "absent")
-    with pytest.raises(TruthError, match="not a store"):
+    with pytest.raises(TruthError, match="not a complete store"):
         read_truth(tmp_path)
     table(2).drop("score").write_parquet(tmp_path / "noscore.parquet")
     with pytest.raises(TruthError, match="missing column 'score'"):
