@@ -16,7 +16,7 @@ each in its own subprocess and the median of --repeats runs:
   matrices, rounded ensemble mean, `np.argpartition` for the top K, sort those K;
   timed on --baseline-classes classes and extrapolated to 1000 (said in the output);
 Before each timed run the worker touches and frees WARM_GB of memory (the VM
-backs guest memory lazily; see `warm_guest_memory`; `--cold` leaves it out).
+backs guest memory lazily; see benchmarks/vm_memory.py; `--cold` leaves it out).
 
 - baseline (b): one sequential read pass (readinto a reused 16 MB buffer) over
   the same .npy bytes of every model, taken alternately with the project's runs
@@ -38,9 +38,12 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from vm_memory import warm_guest_memory
+
 DATA = ROOT / "bench_data" / "predict"
 READ_CHUNK = 16 << 20
-WARM_GB = 2.0  # memory touched and freed before each timed run (see warm_guest_memory)
+WARM_GB = 2.0  # memory touched and freed before each timed run (benchmarks/vm_memory.py)
 
 
 def rss_anon_kb() -> int:
@@ -85,20 +88,6 @@ def generate(path: Path, rows: int, seed: int) -> None:
         for r0 in range(0, rows, block):
             u = rng.random((min(block, rows - r0), 1000), np.float32)
             w.write(u ** 6)
-
-
-def warm_guest_memory(gb: float) -> None:
-    """Touch `gb` of fresh memory and free it again, in this process, before timing.
-
-    The development VM backs guest memory lazily and takes back pages that stay
-    free for a few seconds: the first touch of such a page costs 10-20x a later one
-    (0.25 vs 6 GB/s; the same 456 MB buffer took 1.07, 0.10 and 0.22 s to fill in
-    three fresh processes). Touching and freeing memory just before the timed call
-    hands its buffers pages the host backs already, so the run measures the code.
-    `--cold` leaves this out.
-    """
-    block = np.ones(int(gb * 2**30), np.uint8)
-    del block
 
 
 def read_pass(path: Path) -> float:

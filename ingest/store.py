@@ -29,7 +29,6 @@ import google_crc32c
 import numpy as np
 import polars as pl
 
-from ingest.errors import IngestError
 from ingest.manifest import (  # noqa: F401 - part of this module's API
     FORMAT_VERSION,
     MANIFEST,

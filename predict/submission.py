@@ -24,8 +24,8 @@ from tqdm import tqdm
 
 from ingest.errors import IngestError
 from ingest.jit import njit
-from predict.simd import prefetch_write, store_u64
 from ingest.vocab import segment_class_ids
+from predict.simd import prefetch_write, store_u64
 
 HEADER = "Class,Segments"
 _ENTRY = r"[^\s,:]+:\d+"
