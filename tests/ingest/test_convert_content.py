@@ -233,3 +233,16 @@ def test_verify_finds_bytes_in_a_window_outside_its_video(tmp_path, monkeypatch)
     monkeypatch.setattr("ingest.store.file_checksum", lambda path: (0, _AnyChecksum()))
     assert (f"{store.parts[0]}: windows.zarr has non-zero bytes in a window outside its video"
             in verify_store(store.path))
+
+
+def test_tables_do_not_depend_on_the_chunk_size(tmp_path, real_dir):
+    """Chunks reuse the decoder's buffers: no table column may still point into them."""
+    shards = synth_shards(tmp_path / "src", shards=1, videos=40, beyond_end_rate=0.2)
+    small = make_store(shards, tmp_path / "small", workers=1, chunk_bytes=64 << 10)
+    whole = make_store(shards, tmp_path / "whole", workers=1, chunk_bytes=1 << 30)
+    for name in ("videos", "segments", "candidates"):
+        assert getattr(small, name).equals(getattr(whole, name)), name
+    real = [real_dir / "validate00_video_level_2018.tfrecord"]  # real video-level records
+    a = make_store(real, tmp_path / "real-small", workers=1, chunk_bytes=16 << 10)
+    b = make_store(real, tmp_path / "real-whole", workers=1, chunk_bytes=1 << 30)
+    assert len(a.video_level) > 100 and a.video_level.equals(b.video_level)
