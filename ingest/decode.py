@@ -53,6 +53,7 @@ K_ID, K_LABELS, K_SEG_LABELS, K_SEG_START, K_SEG_END, K_SEG_SCORES, K_MEAN_RGB, 
     range(len(CTX_KEYS)))
 LIST_KEYS = ("rgb", "audio")
 L_RGB, L_AUDIO = 0, 1
+IN_LIST = -2  # err[5] of an error inside the feature list named by err[4] (L_RGB / L_AUDIO)
 
 KIND_NONE, KIND_FRAME, KIND_VIDEO = 0, 1, 2
 KIND_NAMES = {KIND_NONE: "frame", KIND_FRAME: "frame", KIND_VIDEO: "video"}
@@ -592,12 +593,12 @@ def _read_frames(buf, fl_a, fl_b, frames, f, err, i):
         n_rgb, st, d = walk_frame_list(buf, fl_a[L_RGB], fl_b[L_RGB], frames, f, 0, RGB_BYTES,
                                        RGB_HEADER, wire.RGB_SIZE)
         if st != OK:
-            return 0, _fail(err, st, i, d, d, L_RGB, -1)
+            return 0, _fail(err, st, i, d, d, L_RGB, IN_LIST)
     if fl_a[L_AUDIO] >= 0:
         n_audio, st, d = walk_frame_list(buf, fl_a[L_AUDIO], fl_b[L_AUDIO], frames, f,
                                          RGB_BYTES, AUDIO_BYTES, AUDIO_HEADER, wire.AUDIO_SIZE)
         if st != OK:
-            return 0, _fail(err, st, i, d, d, L_AUDIO, -1)
+            return 0, _fail(err, st, i, d, d, L_AUDIO, IN_LIST)
     if n_rgb != n_audio:
         return 0, _fail(err, wire.FRAME_MISMATCH, i, n_rgb, n_audio, 0, -1)
     if f + n_rgb > frames.shape[0]:
@@ -612,12 +613,13 @@ def describe(err: np.ndarray) -> str:
     """The one-line reason for an error returned by `decode_records` (its `err` array)."""
     code, _, a, b, c, d = (int(x) for x in err)
     text = wire.MESSAGES.get(code, f"error code {code}")
-    key = CTX_KEYS[d] if 0 <= d < len(CTX_KEYS) else "?"
+    in_list = d == IN_LIST and 0 <= c < len(LIST_KEYS)
+    key = CTX_KEYS[d] if 0 <= d < len(CTX_KEYS) else LIST_KEYS[c] if in_list else "?"
     text = text.format(a=a, b=b, c=c, d=d, key=key,
                        list=LIST_KEYS[c] if 0 <= c < len(LIST_KEYS) else "?",
                        kind=KIND_NAMES.get(a, "?"), shard_kind=KIND_NAMES.get(b, "?"))
-    if code < wire.BAD_TYPE and 0 <= d < len(CTX_KEYS):
-        text += f" (in feature '{key}')"
+    if code < wire.BAD_TYPE and (0 <= d < len(CTX_KEYS) or in_list):
+        text += f" (in feature{' list' if in_list else ''} '{key}')"
     return text
 
 

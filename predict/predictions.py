@@ -105,17 +105,29 @@ class PredictionWriter:
         self.rows_written = end
 
     def close(self) -> None:
-        """Flush, check the row count, rename both files into place."""
+        """Flush, check the row count, rename both files into place.
+
+        On any failure (a full disk, a failed rename) the temporaries are removed
+        and no sidecar is left without its matrix.
+        """
         if self.rows_written != self.n_rows:
             self.abort()
             raise PredictionError(
                 f"{self.path}: {self.rows_written} rows written, {self.n_rows} expected"
             )
-        self._mm.flush()
-        del self._mm
-        self.segments.write_parquet(self._tmp_side)
-        os.replace(self._tmp_side, self.sidecar)
-        os.replace(self._tmp, self.path)
+        try:
+            self._mm.flush()
+            del self._mm
+            self.segments.write_parquet(self._tmp_side)
+            os.replace(self._tmp_side, self.sidecar)
+            try:
+                os.replace(self._tmp, self.path)
+            except BaseException:
+                self.sidecar.unlink(missing_ok=True)  # the pair goes into place together
+                raise
+        except BaseException:
+            self.abort()
+            raise
 
     def abort(self) -> None:
         """Drop the temporaries (nothing is left at the final names)."""

@@ -105,6 +105,11 @@ def content_case(name: str) -> tuple[bytes, str]:
         "audio size": (ctx + lists(rows[:1], [[b"x" * 129]]), "audio frame of 129 bytes"),
         "mismatch": (ctx + lists(rows, arows[:2]), "3 rgb frames but 2 audio frames"),
         "two values": (ctx + lists([rows[0] * 2], arows[:1]), "exactly one bytes value, found 2"),
+        "frame type": (ctx + E.field(2, E.LEN, E.field(1, E.LEN, E.map_entry(
+            "rgb", E.field(1, E.LEN, E.float_list([1.0]))))), "feature 'rgb' has the wrong type"),
+        "frame varint": (ctx + E.field(2, E.LEN, E.field(1, E.LEN, E.map_entry(
+            "audio", E.field(1, E.LEN, E.field(1, E.LEN, b"\x0a\xff"))))),
+            "(in feature list 'audio')"),
         "no id": (lists(rows, arows), "'id' must hold exactly one"),
         "two ids": (E.field(1, E.LEN, E.features([("id", E.bytes_list([b"a", b"b"]))])),
                     "found 2"),
@@ -140,7 +145,7 @@ def content_case(name: str) -> tuple[bytes, str]:
     return cases[name]
 
 
-CASES = ["rgb size", "audio size", "mismatch", "two values", "no id", "two ids", "bad utf8",
+CASES = ["rgb size", "audio size", "mismatch", "two values", "frame type", "frame varint", "no id", "two ids", "bad utf8",
          "labels type", "segments", "end times", "mean size", "mean missing", "packed floats",
          "varint overflow", "wire type", "field zero"]
 

@@ -54,6 +54,32 @@ def test_failed_write_leaves_nothing(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("fail_at", ["sidecar write", "sidecar rename", "matrix rename"])
+def test_failed_close_leaves_nothing(tmp_path, monkeypatch, fail_at):
+    import os
+
+    vids, starts = segments(6)
+    real_replace = os.replace
+    calls = []
+
+    def replace(src, dst):
+        calls.append(dst)
+        if (fail_at, len(calls)) in (("sidecar rename", 1), ("matrix rename", 2)):
+            raise OSError(28, "No space left on device")
+        real_replace(src, dst)
+
+    def no_parquet(self, path):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("predict.predictions.os.replace", replace)
+    if fail_at == "sidecar write":
+        monkeypatch.setattr(pl.DataFrame, "write_parquet", no_parquet)
+    with pytest.raises(OSError, match="No space"), \
+            PredictionWriter(tmp_path / "m.npy", vids, starts) as w:
+        w.write(np.zeros((6, 1000), np.float32))
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_writer_refuses_bad_blocks(tmp_path):
     vids, starts = segments(4)
     w = PredictionWriter(tmp_path / "m.npy", vids, starts)
