@@ -138,28 +138,45 @@ def scan(vals, row0, epoch, fv, fk, seed, k, buf, cnt, epoch_pos, invalid, hits)
                         c0 = g * LANES
                         tag = ((r - t0) << TILE_TAG_SHIFT) | (g - h0)
                         n = compress_hits(vals, r, c0, min(LANES, n_cls - c0), fv, tag, hits[part], n)
-                c_base, row_base = h0 * LANES, row0 + t0
-                raised = False  # a floor rose: the flags of the remaining hits are stale
-                for i in range(n):
-                    x = np.int64(hits[part, i])
-                    c = c_base + ((x >> LANE_SHIFT) & ((1 << _CLASS_BITS) - 1))
-                    row = row_base + ((x >> _ROW_SHIFT) & (TILE_ROWS - 1))
-                    v = x & VALUE_MASK
-                    if x >> CLOSER_BIT or raised:
-                        if v > QUANT_SCALE:
-                            invalid[c] += 1
-                            continue
-                        if composite(v, seed, c, row) < fk[c]:
-                            continue
-                    p = cnt[c]
-                    if p == cap:
-                        p = _make_room(c, v, row, k, seed, epoch, fv, fk, buf, cnt, epoch_pos)
-                        raised = True
-                        if p < 0:
-                            continue
-                    buf[c, p] = (v << EPOCH_BITS) | (row & ROW_MASK)
-                    prefetch_write(buf, c, min(p + PREFETCH_AHEAD, cap - 1))
-                    cnt[c] = p + 1
+                _append_hits(hits[part], n, h0 * LANES, row0 + t0, k, seed, epoch, fv, fk,
+                             buf, cnt, epoch_pos, invalid)
+
+
+@njit
+def _append_hits(hits, n, c_base, row_base, k, seed, epoch, fv, fk, buf, cnt, epoch_pos,
+                 invalid):
+    """Append a chunk's n packed hits (see `scan`) to their classes' buffers.
+
+    A function of its own, so that the loop keeps its few variables in registers.
+    """
+    cap = buf.shape[1]
+    raised = False  # a floor rose: the flags of the remaining hits are stale
+    for i in range(n):
+        x = np.int64(hits[i])
+        c = c_base + ((x >> LANE_SHIFT) & ((1 << _CLASS_BITS) - 1))
+        row = row_base + ((x >> _ROW_SHIFT) & (TILE_ROWS - 1))
+        v = x & VALUE_MASK
+        if x >> CLOSER_BIT or raised:
+            if not _passes(c, v, row, seed, fk, invalid):
+                continue
+        p = cnt[c]
+        if p == cap:
+            p = _make_room(c, v, row, k, seed, epoch, fv, fk, buf, cnt, epoch_pos)
+            raised = True
+            if p < 0:
+                continue
+        buf[c, p] = (v << EPOCH_BITS) | (row & ROW_MASK)
+        prefetch_write(buf, c, p + PREFETCH_AHEAD)  # a hint: past the row is harmless
+        cnt[c] = p + 1
+
+
+@njit
+def _passes(c, v, row, seed, fk, invalid):
+    """A flagged hit: False for a score above 9999 (counted) or a key below the floor."""
+    if v > QUANT_SCALE:
+        invalid[c] += 1
+        return False
+    return composite(v, seed, c, row) >= fk[c]
 
 
 @njit
