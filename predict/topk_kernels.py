@@ -234,33 +234,38 @@ def finish(k, seed, buf, cnt, epoch_pos, n_parts):
         tie_rows = np.empty(cap, np.int64)
         tie_keys = np.empty(cap, np.uint64)
         for c in range(part * n_cls // n_parts, (part + 1) * n_cls // n_parts):
-            p = cnt[c]
-            entries[:p] = buf[c, :p]
-            hist[:] = 0
-            for i in range(p):
-                hist[entries[i] >> EPOCH_BITS] += 1
-            above, t = 0, QUANT_SCALE
-            while t > 0 and above + hist[t] < k:
-                h = hist[t]
-                hist[t] = above  # first output slot of bucket t
-                above += h
-                t -= 1
-            j, e, nxt = 0, 0, epoch_pos[c, 1]
-            for i in range(p):
-                e, nxt = _next_epoch(epoch_pos, c, i, e, nxt)
-                x = entries[i]
-                v = x >> EPOCH_BITS
-                row = e * EPOCH_ROWS + (x & ROW_MASK)
-                if v > t:
-                    buf[c, hist[v]] = row
-                    hist[v] += 1
-                elif v == t:
-                    tie_rows[j] = row
-                    tie_keys[j] = ~tie_key(seed, c, row)
-                    j += 1
-            order = np.argsort(tie_keys[:j], kind="mergesort")
-            for i in range(k - above):
-                buf[c, above + i] = tie_rows[order[i]]
+            _finish_class(c, cnt[c], k, seed, buf, epoch_pos, hist, entries, tie_rows, tie_keys)
+
+
+@njit
+def _finish_class(c, p, k, seed, buf, epoch_pos, hist, entries, tie_rows, tie_keys):
+    """`finish` for class c, whose p entries are buf[c, :p] (scratch: the other arrays)."""
+    entries[:p] = buf[c, :p]
+    hist[:] = 0
+    for i in range(p):
+        hist[entries[i] >> EPOCH_BITS] += 1
+    above, t = 0, QUANT_SCALE
+    while t > 0 and above + hist[t] < k:
+        h = hist[t]
+        hist[t] = above  # first output slot of bucket t
+        above += h
+        t -= 1
+    j, e, nxt = 0, 0, epoch_pos[c, 1]
+    for i in range(p):
+        e, nxt = _next_epoch(epoch_pos, c, i, e, nxt)
+        x = entries[i]
+        v = x >> EPOCH_BITS
+        row = e * EPOCH_ROWS + (x & ROW_MASK)
+        if v > t:
+            buf[c, hist[v]] = row
+            hist[v] += 1
+        elif v == t:
+            tie_rows[j] = row
+            tie_keys[j] = ~tie_key(seed, c, row)
+            j += 1
+    order = np.argsort(tie_keys[:j], kind="mergesort")
+    for i in range(k - above):
+        buf[c, above + i] = tie_rows[order[i]]
 
 
 @njit(parallel=True)
