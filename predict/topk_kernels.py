@@ -43,6 +43,12 @@ assert CHUNK_GROUPS == 1 << TILE_TAG_SHIFT and TILE_ROWS << TILE_TAG_SHIFT <= 1 
 _CLASS_BITS = 5 + TILE_TAG_SHIFT  # lane and group-in-chunk, side by side above the score
 _ROW_SHIFT = TAG_SHIFT + TILE_TAG_SHIFT
 
+# the hit loop's field extraction, in uint64 (see _append_hits)
+_U_LANE_SHIFT, _U_ROW_SHIFT = np.uint64(LANE_SHIFT), np.uint64(TAG_SHIFT + TILE_TAG_SHIFT)
+_U_CLASS_MASK = np.uint64((1 << (5 + TILE_TAG_SHIFT)) - 1)
+_U_TILE_MASK, _U_VALUE_MASK = np.uint64(TILE_ROWS - 1), np.uint64(VALUE_MASK)
+_U_CLOSER_BIT, _U_EPOCH_BITS = np.uint64(CLOSER_BIT), np.uint64(EPOCH_BITS)
+_U_ROW_MASK, _U_PREFETCH = np.uint64(ROW_MASK), np.uint64(PREFETCH_AHEAD)
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)  # splitmix64 constants
 _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
 _MIX2 = np.uint64(0x94D049BB133111EB)
@@ -150,24 +156,30 @@ def _append_hits(hits, n, c_base, row_base, k, seed, epoch, fv, fk, buf, cnt, ep
     A function of its own, so that the loop keeps its few variables in registers.
     """
     cap = buf.shape[1]
+    flat = buf.reshape(-1)  # one index per entry: no 2-D address arithmetic per hit
+    c_base_u, row_base_u = np.uint64(c_base), np.uint64(row_base)
     raised = False  # a floor rose: the flags of the remaining hits are stale
     for i in range(n):
-        x = np.int64(hits[i])
-        c = c_base + ((x >> LANE_SHIFT) & ((1 << _CLASS_BITS) - 1))
-        row = row_base + ((x >> _ROW_SHIFT) & (TILE_ROWS - 1))
-        v = x & VALUE_MASK
-        if x >> CLOSER_BIT or raised:
-            if not _passes(c, v, row, seed, fk, invalid):
+        # unsigned arithmetic: numba adds no negative-index fix-ups to the indexing below
+        x = np.uint64(hits[i])
+        c = c_base_u + ((x >> _U_LANE_SHIFT) & _U_CLASS_MASK)
+        row = row_base_u + ((x >> _U_ROW_SHIFT) & _U_TILE_MASK)
+        v = x & _U_VALUE_MASK
+        if x >> _U_CLOSER_BIT or raised:
+            if not _passes(np.int64(c), np.int64(v), np.int64(row), seed, fk, invalid):
                 continue
-        p = cnt[c]
+        p = np.uint64(cnt[c])
         if p == cap:
-            p = _make_room(c, v, row, k, seed, epoch, fv, fk, buf, cnt, epoch_pos)
+            q = _make_room(np.int64(c), np.int64(v), np.int64(row), k, seed, epoch, fv, fk, buf,
+                           cnt, epoch_pos)
             raised = True
-            if p < 0:
+            if q < 0:
                 continue
-        buf[c, p] = (v << EPOCH_BITS) | (row & ROW_MASK)
-        prefetch_write(buf, c, p + PREFETCH_AHEAD)  # a hint: past the row is harmless
-        cnt[c] = p + 1
+            p = np.uint64(q)
+        at = c * np.uint64(cap) + p
+        flat[at] = (v << _U_EPOCH_BITS) | (row & _U_ROW_MASK)
+        prefetch_write(buf, c, p + _U_PREFETCH)  # a hint: past the row is harmless
+        cnt[c] = p + np.uint64(1)
 
 
 @njit
