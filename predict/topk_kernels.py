@@ -129,7 +129,6 @@ def scan(vals, row0, epoch, fv, fk, seed, k, buf, cnt, epoch_pos, invalid, hits)
     k best, after which the chunk's remaining hits are all checked.
     """
     n_rows, n_cls = vals.shape
-    cap = buf.shape[1]
     n_groups = (n_cls + LANES - 1) // LANES
     n_parts = hits.shape[0]
     for part in prange(n_parts):
@@ -165,9 +164,9 @@ def _append_hits(hits, n, c_base, row_base, k, seed, epoch, fv, fk, buf, cnt, ep
         c = c_base_u + ((x >> _U_LANE_SHIFT) & _U_CLASS_MASK)
         row = row_base_u + ((x >> _U_ROW_SHIFT) & _U_TILE_MASK)
         v = x & _U_VALUE_MASK
-        if x >> _U_CLOSER_BIT or raised:
-            if not _passes(np.int64(c), np.int64(v), np.int64(row), seed, fk, invalid):
-                continue
+        if (x >> _U_CLOSER_BIT or raised) and not _passes(np.int64(c), np.int64(v),
+                                                          np.int64(row), seed, fk, invalid):
+            continue
         p = np.uint64(cnt[c])
         if p == cap:
             q = _make_room(np.int64(c), np.int64(v), np.int64(row), k, seed, epoch, fv, fk, buf,
@@ -262,16 +261,19 @@ def _finish_class(c, p, k, seed, buf, epoch_pos, hist, entries, tie_rows, tie_ke
         hist[t] = above  # first output slot of bucket t
         above += h
         t -= 1
+    flat = buf.reshape(-1)  # unsigned indices into it: no negative-index fix-ups per entry
+    base, tu = np.uint64(c) * np.uint64(buf.shape[1]), np.uint64(t)
     j, e, nxt = 0, 0, epoch_pos[c, 1]
     for i in range(p):
         e, nxt = _next_epoch(epoch_pos, c, i, e, nxt)
-        x = entries[i]
-        v = x >> EPOCH_BITS
-        row = e * EPOCH_ROWS + (x & ROW_MASK)
-        if v > t:
-            buf[c, hist[v]] = row
-            hist[v] += 1
-        elif v == t:
+        x = np.uint64(entries[i])
+        v = x >> _U_EPOCH_BITS
+        row = np.uint64(e) * np.uint64(EPOCH_ROWS) + (x & _U_ROW_MASK)
+        if v > tu:
+            slot = np.uint64(hist[v])
+            flat[base + slot] = row
+            hist[v] = slot + np.uint64(1)
+        elif v == tu:
             tie_rows[j] = row
             tie_keys[j] = ~tie_key(seed, c, row)
             j += 1
