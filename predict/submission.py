@@ -161,8 +161,9 @@ class Problem:
         return f"{path}: line {self.line}: {self.reason}" if self.line else f"{path}: {self.reason}"
 
 
-def _check_row(line: str, k: int, known: frozenset, seen: set) -> tuple[int, list, str]:
-    """Parse one data line → (class_id, entries, problem or '')."""
+def _check_row(line: str, k: int, known: frozenset, seen: set,
+               want_entries: bool = True) -> tuple[int, list | None, str]:
+    """Parse one data line → (class_id, entries (None unless wanted), problem or '')."""
     cls, comma, segs = line.partition(",")
     if not comma:
         return -1, [], "expected `Class,Segments`, found no comma"
@@ -172,6 +173,16 @@ def _check_row(line: str, k: int, known: frozenset, seen: set) -> tuple[int, lis
     if cid in seen:
         return cid, [], f"class {cid} appears on more than one row"
     seen.add(cid)
+    n = _fast_entry_count(segs)  # a numba pass over an ASCII row; None: look closer
+    if n is None:
+        return _check_entries(cid, segs, k)
+    if n > k:
+        return cid, [], f"class {cid}: {n} entries, more than k = {k}"
+    return cid, (segs.split(" ") if segs else []) if want_entries else None, ""
+
+
+def _check_entries(cid: int, segs: str, k: int) -> tuple[int, list, str]:
+    """The exact, slower check of a row's entries (regex, set): names the first problem."""
     if not _ROW_RE.fullmatch(segs):
         bad = next((e for e in segs.split(" ") if not _ENTRY_RE.fullmatch(e)), segs)
         return cid, [], f"class {cid}: bad entry {bad[:40]!r}, expected videoid:start"
@@ -184,6 +195,72 @@ def _check_row(line: str, k: int, known: frozenset, seen: set) -> tuple[int, lis
     return cid, entries, ""
 
 
+def _fast_entry_count(segs: str) -> int | None:
+    """Entries of a row that is ASCII, well formed and without a repeated entry, or None.
+
+    None (a non-ASCII row, a malformed entry, or two entries with the same 64-bit
+    hash) sends the row to `_check_entries`, which decides and names the problem;
+    so this pass only has to be right when it says yes.
+    """
+    if not segs:
+        return 0
+    if not segs.isascii():
+        return None
+    row = np.frombuffer(segs.encode("ascii"), np.uint8)
+    size = 1 << max(10, (len(row) // 2).bit_length())  # > 2x the entries (each >= 4 bytes)
+    table = _LOCAL_TABLE.get("table")
+    if table is None or len(table) < size:
+        table = _LOCAL_TABLE["table"] = np.empty(size, np.uint64)
+    n = count_entries(row, table[:size])
+    return n if n >= 0 else None
+
+
+_LOCAL_TABLE: dict = {}  # the hash table of `count_entries`, reused from row to row
+
+
+@njit
+def count_entries(row, table):
+    """Entries `[^\\s,:]+:[0-9]+` separated by single spaces in the ASCII bytes `row`,
+    or -1 if one is malformed or two hash alike (FNV-1a 64 into the open-addressing
+    `table`, power-of-two size, more than twice the entries)."""
+    table[:] = 0
+    mask = table.shape[0] - 1
+    n, i, size = 0, 0, row.shape[0]
+    while True:
+        h, start = np.uint64(0xCBF29CE484222325), i
+        while i < size and row[i] != 58 and _id_byte(row[i]):  # 58: ":"
+            h = (h ^ np.uint64(row[i])) * np.uint64(0x100000001B3)
+            i += 1
+        if i == start or i == size or row[i] != 58:
+            return -1
+        i += 1
+        digits = i
+        while i < size and 48 <= row[i] <= 57:
+            h = (h ^ np.uint64(row[i])) * np.uint64(0x100000001B3)
+            i += 1
+        if i == digits:
+            return -1
+        h |= np.uint64(1)  # 0 marks an empty slot
+        slot = np.int64(h & np.uint64(mask))
+        while table[slot] != 0:
+            if table[slot] == h:
+                return -1
+            slot = (slot + 1) & mask
+        table[slot] = h
+        n += 1
+        if i == size:
+            return n
+        if row[i] != 32 or i + 1 == size:  # one space, then another entry
+            return -1
+        i += 1
+
+
+@njit(inline="always")
+def _id_byte(b):
+    """A byte allowed in a video id: not whitespace (str.isspace in ASCII), ',' or ':'."""
+    return not (b == 32 or 9 <= b <= 13 or 28 <= b <= 31 or b == 44 or b == 58)
+
+
 def _first_duplicate(entries: list) -> str:
     seen = set()
     for e in entries:
@@ -193,10 +270,12 @@ def _first_duplicate(entries: list) -> str:
     return ""
 
 
-def iter_submission(path, k: int, problems: list) -> Iterator[tuple[int, list]]:
+def iter_submission(path, k: int, problems: list,
+                    want_entries: bool = True) -> Iterator[tuple[int, list | None]]:
     """Yield (class_id, entries) of valid rows; append `Problem`s to `problems`.
 
     Stops after MAX_PROBLEMS problems. The caller decides what a problem means.
+    `want_entries=False` yields None for the entries (validation only: no split).
     """
     path = Path(path)
     if not path.is_file():
@@ -213,7 +292,7 @@ def iter_submission(path, k: int, problems: list) -> Iterator[tuple[int, list]]:
             if not line:
                 problems.append(Problem(n, "empty line"))
             else:
-                cid, entries, reason = _check_row(line, k, known, seen)
+                cid, entries, reason = _check_row(line, k, known, seen, want_entries)
                 if reason:
                     problems.append(Problem(n, reason))
                 else:
@@ -225,7 +304,7 @@ def iter_submission(path, k: int, problems: list) -> Iterator[tuple[int, list]]:
 def validate_submission(path, k: int) -> list[Problem]:
     """Every problem of the file (up to MAX_PROBLEMS); empty when valid."""
     problems: list[Problem] = []
-    for _ in iter_submission(path, k, problems):
+    for _ in iter_submission(path, k, problems, want_entries=False):
         pass
     return problems
 

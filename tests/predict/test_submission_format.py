@@ -96,3 +96,32 @@ def test_problems_name_their_line(tmp_path, text, line, message):
 def test_all_problems_reported(tmp_path):
     p = write(tmp_path, f"Class,Segments\n{IDS[0]},a:5 a:5\nx,y\n{IDS[1]},b\n")
     assert [q.line for q in validate_submission(p, k=10)] == [2, 3, 4]
+
+
+def test_fast_row_check_agrees_with_the_exact_one():
+    """The numba row pass may only say yes where the regex-and-set check says yes."""
+    from predict.submission import _check_entries, _fast_entry_count
+
+    rng = np.random.default_rng(5)
+    alphabet = list("abcXYZ019_-:, \t\x1c\u00e9")
+    agree = 0
+    for trial in range(3000):
+        n = int(rng.integers(0, 6))
+        entries = [f"v{rng.integers(0, 4)}:{rng.integers(0, 3) * 5}" for _ in range(n)]
+        row = " ".join(entries)
+        if row and trial % 2:  # a random edit: insert, delete or replace one character
+            i = int(rng.integers(0, len(row)))
+            c = alphabet[int(rng.integers(0, len(alphabet)))]
+            row = [row[:i] + c + row[i:], row[:i] + row[i + 1:], row[:i] + c + row[i + 1:]][
+                int(rng.integers(0, 3))]
+        _, entries, reason = _check_entries(0, row, k=10)
+        fast = _fast_entry_count(row)
+        if reason:
+            assert fast is None, row
+        else:
+            assert fast in (None, len(entries)), row
+            agree += fast == len(entries)
+    assert agree > 500  # the fast pass does say yes to most valid rows
+    assert _fast_entry_count("ab:1 ab:1") is None  # a repeated entry
+    assert _fast_entry_count("a:1  b:2") is None and _fast_entry_count("a:1 ") is None
+    assert _fast_entry_count("a:1 b:22 c-d_e:300") == 3 and _fast_entry_count("") == 0
