@@ -40,10 +40,9 @@ TILE_TAG_SHIFT = 4  # hit tag = row-in-tile << 4 | group-in-chunk
 PREFETCH_AHEAD = 32  # entries: the class's write front two cache lines ahead
 HITS_PER_PART = TILE_ROWS * CHUNK_GROUPS * LANES + LANES  # a chunk's hits, + a store's spill
 assert CHUNK_GROUPS == 1 << TILE_TAG_SHIFT and TILE_ROWS << TILE_TAG_SHIFT <= 1 << TAG_BITS
-_CLASS_BITS = 5 + TILE_TAG_SHIFT  # lane and group-in-chunk, side by side above the score
-_ROW_SHIFT = TAG_SHIFT + TILE_TAG_SHIFT
 
-# the hit loop's field extraction, in uint64 (see _append_hits)
+# the hit loop's fields, in uint64 (see _append_hits): lane and group-in-chunk side by
+# side above the score make the class's offset in its chunk; the row-in-tile above them
 _U_LANE_SHIFT, _U_ROW_SHIFT = np.uint64(LANE_SHIFT), np.uint64(TAG_SHIFT + TILE_TAG_SHIFT)
 _U_CLASS_MASK = np.uint64((1 << (5 + TILE_TAG_SHIFT)) - 1)
 _U_TILE_MASK, _U_VALUE_MASK = np.uint64(TILE_ROWS - 1), np.uint64(VALUE_MASK)
