@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Run every benchmark with its default (full) sizes; see benchmarks/README.md.
+# Run every benchmark with its default (full) sizes; results: benchmarks/RESULTS.md.
 # Each script prints the project beside its baseline, measured in the same run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
