@@ -1,6 +1,6 @@
 # make test   : create .venv from nothing, install everything the tests need, run the suite
 # make demo   : the main job end to end on built-in synthetic data
-# make bench  : the benchmarks (see benchmarks/README.md)
+# make bench  : the benchmarks (results in benchmarks/RESULTS.md)
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
