@@ -12,7 +12,8 @@ from predict.topk import DEFAULT_K, top_k
 @click.argument("predictions", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="submission CSV")
 @click.option("--k", default=DEFAULT_K, show_default=True, help="entries per class")
-@click.option("--seed", default=0, show_default=True, help="seed of the boundary-bucket shuffle")
+@click.option("--seed", default=0, show_default=True,
+              help="seed of the tie keys that choose and order the boundary bucket")
 def topk(predictions, out, k, seed) -> None:
     """Average PREDICTIONS (NAME.npy files) and write the top K segments of every class."""
     models = open_ensemble(predictions)
