@@ -153,7 +153,7 @@ def _append_hits(hits, n, c_base, row_base, k, seed, epoch, fv, fk, buf, cnt, ep
 
     A function of its own, so that the loop keeps its few variables in registers.
     """
-    cap = buf.shape[1]
+    cap = np.uint64(buf.shape[1])  # uint64 like p: a mixed compare would go through float64
     flat = buf.reshape(-1)  # one index per entry: no 2-D address arithmetic per hit
     c_base_u, row_base_u = np.uint64(c_base), np.uint64(row_base)
     raised = False  # a floor rose: the flags of the remaining hits are stale
@@ -174,7 +174,7 @@ def _append_hits(hits, n, c_base, row_base, k, seed, epoch, fv, fk, buf, cnt, ep
             if q < 0:
                 continue
             p = np.uint64(q)
-        at = c * np.uint64(cap) + p
+        at = c * cap + p
         flat[at] = (v << _U_EPOCH_BITS) | (row & _U_ROW_MASK)
         prefetch_write(buf, c, p + _U_PREFETCH)  # a hint: past the row is harmless
         cnt[c] = p + np.uint64(1)
