@@ -38,7 +38,7 @@ from tqdm import tqdm
 
 from ingest.errors import IngestError
 from predict import topk_kernels as K
-from predict.predictions import QUANT_SCALE
+from predict.predictions import QUANT_SCALE, prefault
 
 N_BUCKETS = K.N_BUCKETS
 # The paper's inference step keeps the top 100,000 segments per class (the challenge's K).
@@ -63,6 +63,8 @@ def top_k(models, k: int = DEFAULT_K, seed: int = 0, block_rows: int = BLOCK_ROW
     n_parts = max(1, numba.get_num_threads())
     cap = k + max(math.ceil(k * BUFFER_SLACK), K.TILE_ROWS)
     buf = np.empty((n_cls, cap), np.uint32)
+    for m in models:  # map the files' pages in one call each, not a fault per 64 KB
+        prefault(m)
     fv, fk = starting_floors(models, k, seed)
     state = _ScanState(n, n_cls)
     show = n >= PROGRESS_MIN_ROWS if progress is None else progress

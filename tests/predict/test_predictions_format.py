@@ -120,3 +120,16 @@ def test_ensemble_refuses_different_segment_tables(tmp_path):
     assert len(open_ensemble([tmp_path / "a.npy", tmp_path / "b.npy"])) == 2
     with pytest.raises(PredictionError, match="differs"):
         open_ensemble([tmp_path / "a.npy", tmp_path / "c.npy"])
+
+
+def test_prefault_maps_a_memmap_and_ignores_the_rest(tmp_path):
+    import sys
+
+    from predict.predictions import prefault
+
+    vids, starts = segments(300)
+    write_predictions(tmp_path / "m.npy", np.full((300, 1000), 0.5), vids, starts)
+    scores = open_predictions(tmp_path / "m.npy").scores
+    assert prefault(scores) == sys.platform.startswith("linux")
+    assert not prefault(np.zeros((3, 1000), np.uint16))  # not file-backed: nothing to do
+    assert int(scores[299, 999]) == 5000  # the data is untouched
