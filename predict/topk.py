@@ -8,6 +8,7 @@ are the K largest composite keys `score << 50 | tie key`: the boundary bucket's
 segments are a uniform random choice, reproducible from the seed, and the only
 shuffled part of the output.
 
+0. prefault: each memory-mapped matrix's pages are mapped in one madvise call;
 1. floors: the ensemble scores of SAMPLE_ROWS evenly spaced rows give each class
    a composite floor that FLOOR_SIGMAS binomial standard deviations more than K
    segments are expected to reach (floor 0 where the sample cannot tell);
@@ -22,10 +23,10 @@ shuffled part of the output.
    boundary bucket ordered by tie key, written over the buffer's first K slots.
 
 Memory: the buffers (C × 1.25 K × 4 bytes, 500 MB at K = 100,000, of which about
-1.1 K per class is touched), per-thread scratch, and the sum and mean blocks of a
-multi-model ensemble; nothing of size n_segments × C. The ensemble score is the
-mean of the models' values rounded half up, `(2 * sum + M) // (2 * M)`, in
-integers, identically in every path.
+1.1 K per class is touched), per-thread scratch, the sample, and one block of
+means for a multi-model ensemble; nothing of size n_segments × C. The ensemble
+score is the mean of the models' values rounded half up, `(2 * sum + M) // (2 * M)`
+(an exact float64 division in the kernel, integers in `ensemble_scores`; equal).
 """
 from __future__ import annotations
 
