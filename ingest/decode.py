@@ -472,8 +472,6 @@ def decode_records(buf, starts, lengths, offsets, i0, frames, frame_off, id_byte
         kind = KIND_VIDEO if ctx_a[K_MEAN_RGB] >= 0 or ctx_a[K_MEAN_AUDIO] >= 0 else KIND_FRAME
         if kind == KIND_FRAME and fl_status != OK:
             return _fail(err, fl_status, i, 0, 0, 0, -1)
-        if cnt[C_KIND] != KIND_NONE and kind != cnt[C_KIND]:
-            return _fail(err, wire.MIXED_KIND, i, kind, cnt[C_KIND], 0, -1)
         n_id, st = _read_id(buf, ctx_a, ctx_b, id_bytes, nb, err, i)
         if st != OK:
             return st
@@ -503,6 +501,10 @@ def decode_records(buf, starts, lengths, offsets, i0, frames, frame_off, id_byte
             n_fr, st = _read_frames(buf, fl_a, fl_b, frames, f, err, i)
             if st != OK:
                 return st
+        # a whole, valid record of the other kind (a malformed one is an error of its own,
+        # which skip-record may skip): never skipped, the shard is not what it claims
+        if cnt[C_KIND] != KIND_NONE and kind != cnt[C_KIND]:
+            return _fail(err, wire.MIXED_KIND, i, kind, cnt[C_KIND], 0, -1)
         # commit
         has_labels[v] = ctx_a[K_LABELS] >= 0
         record_off[v] = offsets[i]

@@ -172,6 +172,17 @@ def test_mixed_kinds_always_fail(tmp_path):
     raises(path, "video record in a frame shard", 1, offs[1], on_error="skip-record")
 
 
+def test_malformed_record_of_the_other_kind_is_skippable(tmp_path):
+    """A corrupt record that merely looks like the other kind is a bad record, not a mix."""
+    no_id = E.field(1, E.LEN, E.features([("labels", E.int64_list([3]))]))  # no means: "frame"
+    path = tmp_path / "v.tfrecord"
+    write_tfrecord(path, [E.encode_video(video_level(0)), no_id, E.encode_video(video_level(2))])
+    offs = [off for _, off, _ in iter_records(path)]
+    raises(path, "'id' must hold exactly one", 1, offs[1])
+    got = decode_shard(path, on_error="skip-record")
+    assert got.ids == ["v0", "v2"] and [s[:2] for s in got.skipped] == [(1, offs[1])]
+
+
 def test_mixed_kinds_across_chunks(tmp_path):
     video = video_level(0)
     path = tmp_path / "mixed.tfrecord"
