@@ -5,7 +5,12 @@ import json
 
 import click
 
-from predict.submission import SubmissionError, read_submission, validate_submission
+from predict.submission import (
+    SubmissionError,
+    problem_summary,
+    read_submission,
+    validate_submission,
+)
 from predict.topk import DEFAULT_K
 
 
@@ -18,7 +23,7 @@ def validate(submission, k) -> None:
     for p in problems[1:]:
         click.echo(p.format(submission), err=True)
     if problems:
-        raise SubmissionError(f"{problems[0].format(submission)} ({len(problems)} problems)")
+        raise SubmissionError(problem_summary(submission, problems))
     click.echo(f"{submission}: valid")
 
 

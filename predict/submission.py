@@ -314,10 +314,14 @@ def read_submission(path, k: int) -> dict[int, list[str]]:
     problems: list[Problem] = []
     rows = dict(iter_submission(path, k, problems))
     if problems:
-        raise SubmissionError(_summary(path, problems))
+        raise SubmissionError(problem_summary(path, problems))
     return rows
 
 
-def _summary(path, problems: list) -> str:
-    more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
-    return problems[0].format(path) + more
+def problem_summary(path, problems: list) -> str:
+    """One line: the first problem, and how many more (at least, when validation stopped)."""
+    more = len(problems) - 1
+    if not more:
+        return problems[0].format(path)
+    at_least = "at least " if len(problems) >= MAX_PROBLEMS else ""
+    return f"{problems[0].format(path)} (and {at_least}{more} more problems)"
