@@ -37,6 +37,30 @@ CLOSER_BIT = 31  # set on a hit at its floor (a tie key decides) or above 9999 (
 assert TAG_SHIFT + TAG_BITS == CLOSER_BIT
 
 
+def _element_pointer(context, builder, aryty, ary, indices, index_types):
+    """LLVM pointer to element `indices` of array `ary` (numba type `aryty`); each index is
+    cast from its numba type to intp; no wraparound, no bounds check. Every intrinsic here
+    addresses its arrays through this."""
+    from numba import types
+    from numba.core import cgutils
+
+    arr = context.make_array(aryty)(context, builder, ary)
+    idx = [context.cast(builder, i, t, types.intp) for i, t in zip(indices, index_types)]
+    return cgutils.get_item_pointer2(
+        context, builder, arr.data, cgutils.unpack_tuple(builder, arr.shape),
+        cgutils.unpack_tuple(builder, arr.strides), aryty.layout, idx, wraparound=False)
+
+
+def _declare(module, name, fnty):
+    """The LLVM function `name` of `module`, declared once."""
+    fn = module.globals.get(name)
+    if fn is None:
+        from llvmlite import ir
+
+        fn = ir.Function(module, fnty, name=name)
+    return fn
+
+
 def compress_hits_py(vals, row, col, lanes, floors, tag, out, n):
     """Plain Python twin of `compress_hits` (same packing, same result)."""
     for j in range(lanes):
@@ -52,7 +76,6 @@ def compress_hits_py(vals, row, col, lanes, floors, tag, out, n):
 def _compress_hits_intrinsic():
     from llvmlite import ir
     from numba import types
-    from numba.core import cgutils
     from numba.extending import intrinsic
 
     i1, i16, i32, i64 = ir.IntType(1), ir.IntType(16), ir.IntType(32), ir.IntType(64)
@@ -60,10 +83,6 @@ def _compress_hits_intrinsic():
     m32 = ir.VectorType(i1, LANES)
     half, m16 = ir.VectorType(i32, LANES // 2), ir.VectorType(i1, LANES // 2)
     ptr_t = ir.PointerType()
-
-    def declare(module, name, fnty):
-        fn = module.globals.get(name)
-        return fn if fn is not None else ir.Function(module, fnty, name=name)
 
     def splat(builder, scalar, vty, n_lanes):
         vec = builder.insert_element(ir.Constant(vty, ir.Undefined), scalar, ir.Constant(i32, 0))
@@ -75,25 +94,19 @@ def _compress_hits_intrinsic():
         sig = types.intp(vals_t, row_t, col_t, lanes_t, floors_t, tag_t, out_t, n_t)
 
         def codegen(context, builder, signature, args):
-            args = [context.cast(builder, a, t, types.intp) if isinstance(t, types.Integer) else a
-                    for a, t in zip(args, signature.args)]
-            vals, row, col, lanes, floors, tag, out, n = args
-            vals_ty, floors_ty, out_ty = signature.args[0], signature.args[4], signature.args[6]
+            sa = signature.args
 
-            def item_ptr(aryty, ary, idx):
-                arr = context.make_array(aryty)(context, builder, ary)
-                return cgutils.get_item_pointer2(
-                    context, builder, arr.data, cgutils.unpack_tuple(builder, arr.shape),
-                    cgutils.unpack_tuple(builder, arr.strides), aryty.layout, idx,
-                    wraparound=False)
-
-            def opaque(p):
+            def at(a, *ix):  # args[a][args[i] for i in ix], an opaque pointer
+                p = _element_pointer(context, builder, sa[a], args[a], [args[i] for i in ix],
+                                     [sa[i] for i in ix])
                 return builder.bitcast(p, ptr_t)
 
+            lanes, tag, n = (context.cast(builder, args[i], signature.args[i], types.intp)
+                             for i in (3, 5, 7))
             mod = builder.module
-            load = declare(mod, "llvm.masked.load.v32i16.p0",
+            load = _declare(mod, "llvm.masked.load.v32i16.p0",
                            ir.FunctionType(v16, [ptr_t, i32, m32, v16]))
-            compress = declare(mod, "llvm.experimental.vector.compress.v16i32",
+            compress = _declare(mod, "llvm.experimental.vector.compress.v16i32",
                                ir.FunctionType(half, [half, m16, half]))
             # lanes < 32: only the first `lanes` scores exist (no read past a row's end)
             lanes32 = builder.trunc(lanes, i32)
@@ -101,10 +114,8 @@ def _compress_hits_intrinsic():
             low = builder.sub(builder.shl(ir.Constant(i32, 1), lanes32), ir.Constant(i32, 1))
             in_row = builder.bitcast(builder.select(full, ir.Constant(i32, -1), low), m32)
             zero16 = ir.Constant(v16, [0] * LANES)
-            score = builder.call(load, [opaque(item_ptr(vals_ty, vals, [row, col])), ir.Constant(i32, 2),
-                                        in_row, zero16])
-            floor = builder.call(load, [opaque(item_ptr(floors_ty, floors, [col])), ir.Constant(i32, 2),
-                                        in_row, zero16])
+            score = builder.call(load, [at(0, 1, 2), ir.Constant(i32, 2), in_row, zero16])
+            floor = builder.call(load, [at(4, 2), ir.Constant(i32, 2), in_row, zero16])
             hit = builder.and_(builder.icmp_unsigned(">=", score, floor), in_row)
             clamped = builder.select(
                 builder.icmp_unsigned(">", score, ir.Constant(v16, [VALUE_MASK] * LANES)),
@@ -124,8 +135,8 @@ def _compress_hits_intrinsic():
                 part = builder.shuffle_vector(packed, ir.Constant(v32, ir.Undefined), sel)
                 mpart = builder.shuffle_vector(hit, ir.Constant(m32, ir.Undefined), sel)
                 part = builder.call(compress, [part, mpart, ir.Constant(half, ir.Undefined)])
-                builder.store(part, builder.bitcast(item_ptr(out_ty, out, [n]), half.as_pointer()),
-                              align=4)
+                out_at = _element_pointer(context, builder, sa[6], args[6], [n], [types.intp])
+                builder.store(part, builder.bitcast(out_at, half.as_pointer()), align=4)
                 count = builder.and_(builder.lshr(bits, ir.Constant(i32, 16 * h)),
                                      ir.Constant(i32, 0xFFFF))
                 n = builder.add(n, builder.zext(builder.ctpop(count), i64))
@@ -146,7 +157,6 @@ def prefetch_write_py(arr, i, j):
 def _prefetch_write_intrinsic():
     from llvmlite import ir
     from numba import types
-    from numba.core import cgutils
     from numba.extending import intrinsic
 
     i32 = ir.IntType(32)
@@ -156,17 +166,10 @@ def _prefetch_write_intrinsic():
         sig = types.void(arr_t, i_t, j_t)
 
         def codegen(context, builder, signature, args):
-            arr_ty = signature.args[0]
-            arr = context.make_array(arr_ty)(context, builder, args[0])
-            idx = [context.cast(builder, args[i], signature.args[i], types.intp) for i in (1, 2)]
-            p = cgutils.get_item_pointer2(
-                context, builder, arr.data, cgutils.unpack_tuple(builder, arr.shape),
-                cgutils.unpack_tuple(builder, arr.strides), arr_ty.layout, idx,
-                wraparound=False)
-            fn = builder.module.globals.get("llvm.prefetch.p0")
-            if fn is None:
-                fn = ir.Function(builder.module, ir.FunctionType(
-                    ir.VoidType(), [ir.PointerType(), i32, i32, i32]), name="llvm.prefetch.p0")
+            sa = signature.args
+            p = _element_pointer(context, builder, sa[0], args[0], args[1:3], sa[1:3])
+            fn = _declare(builder.module, "llvm.prefetch.p0", ir.FunctionType(
+                ir.VoidType(), [ir.PointerType(), i32, i32, i32]))
             builder.call(fn, [builder.bitcast(p, ir.PointerType()), ir.Constant(i32, 1),
                               ir.Constant(i32, 3), ir.Constant(i32, 1)])
             return context.get_dummy_value()
@@ -187,7 +190,6 @@ def store_u64_py(buf, pos, value):
 def _store_u64_intrinsic():
     from llvmlite import ir
     from numba import types
-    from numba.core import cgutils
     from numba.extending import intrinsic
 
     i64 = ir.IntType(64)
@@ -197,13 +199,8 @@ def _store_u64_intrinsic():
         sig = types.void(buf_t, pos_t, types.uint64)
 
         def codegen(context, builder, signature, args):
-            buf_ty = signature.args[0]
-            arr = context.make_array(buf_ty)(context, builder, args[0])
-            pos = context.cast(builder, args[1], signature.args[1], types.intp)
-            p = cgutils.get_item_pointer2(
-                context, builder, arr.data, cgutils.unpack_tuple(builder, arr.shape),
-                cgutils.unpack_tuple(builder, arr.strides), buf_ty.layout, [pos],
-                wraparound=False)
+            sa = signature.args
+            p = _element_pointer(context, builder, sa[0], args[0], args[1:2], sa[1:2])
             builder.store(args[2], builder.bitcast(p, i64.as_pointer()), align=1)
             return context.get_dummy_value()
 
