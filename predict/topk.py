@@ -61,7 +61,6 @@ def top_k(models, k: int = DEFAULT_K, seed: int = 0, block_rows: int = BLOCK_ROW
     """
     n, n_cls = _check(models, k)
     k = min(k, n)
-    n_parts = max(1, numba.get_num_threads())
     cap = k + max(math.ceil(k * BUFFER_SLACK), K.TILE_ROWS)
     buf = np.empty((n_cls, cap), np.uint32)
     for m in models:  # map the files' pages in one call each, not a fault per 64 KB
@@ -81,8 +80,13 @@ def top_k(models, k: int = DEFAULT_K, seed: int = 0, block_rows: int = BLOCK_ROW
             state.reset(redo)
             _scan_all(models, block_rows, state, redo, fv, fk, seed, k, buf, bar)
     assert (state.cnt >= k).all(), "a class has fewer than k candidates"
-    K.finish(k, seed, buf, state.cnt, state.epoch_pos, n_parts)
+    K.finish(k, seed, buf, state.cnt, state.epoch_pos, _n_parts())
     return buf[:, :k].view(np.int32)
+
+
+def _n_parts() -> int:
+    """Class ranges the parallel kernels split the work into: one per numba thread."""
+    return max(1, numba.get_num_threads())
 
 
 def _check(models, k: int) -> tuple[int, int]:
@@ -116,7 +120,7 @@ class _ScanState:
 
 def _scan_all(models, block_rows, state, active, fv, fk, seed, k, buf, bar) -> None:
     """Scan every row block (blocks never straddle an epoch) for the `active` classes."""
-    hits = np.empty((max(1, numba.get_num_threads()), K.HITS_PER_PART), np.uint32)
+    hits = np.empty((_n_parts(), K.HITS_PER_PART), np.uint32)
     for r0, vals in _blocks(models, block_rows):
         epoch = r0 >> K.EPOCH_BITS
         if r0 & K.ROW_MASK == 0 and epoch:
@@ -173,8 +177,9 @@ def starting_floors(models, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
         m = max(1, math.ceil(s * q + FLOOR_SIGMAS * math.sqrt(s * q * (1 - q)) + FLOOR_SIGMAS))
     if m >= s and s < n:
         return fv, fk
-    scores = np.asarray(models[0][rows])
-    if len(models) > 1:
+    if len(models) == 1:
+        scores = np.asarray(models[0][rows])
+    else:
         scores = np.empty((s, n_cls), np.uint16)
         K.ensemble_mean(tuple(np.asarray(m[rows]) for m in models), scores)
     sample = np.empty((n_cls, s), np.uint16)
