@@ -215,9 +215,6 @@ class PartWriter:
         classes = pa.ListArray.from_arrays(pa.array(cls_off), pa.array(cls[keep]))
         return lab, classes
 
-    # A chunk's arrays are views into the decoder's buffers, which the next chunk
-    # overwrites, and pa.array() of a numeric numpy array shares its memory: every
-    # column built straight from a chunk array is copied first (np.array, astype).
     def _common(self, chunk: DecodedShard, records: np.ndarray, first: int) -> dict:
         v = chunk.n_videos
         lab, classes = self._labels(chunk)
@@ -225,11 +222,11 @@ class PartWriter:
             "video_index": pa.array(np.arange(first, first + v, dtype=np.int32)),
             "video_id": pa.array(chunk.ids, pa.string()),
             "labels": lab, "class_indices": classes,
-            "has_labels": pa.array(np.array(chunk.has_labels, bool)),
+            "has_labels": _owned(chunk.has_labels, bool),
             "part": pa.array([self.part] * v, pa.string()),
             "source": pa.array([self.source] * v, pa.string()),
             "record": pa.array(records),
-            "record_offset": pa.array(np.array(chunk.record_offsets, np.int64)),
+            "record_offset": _owned(chunk.record_offsets, np.int64),
             "fold": pa.array(np.full(v, self.fold, np.int8)),
         }
 
@@ -237,7 +234,7 @@ class PartWriter:
         first = sum(len(t) for t in self.tables["video_level"])
         cols = self._common(chunk, records, first)
         for name, width in (("mean_rgb", RGB_BYTES), ("mean_audio", AUDIO_BYTES)):
-            flat = pa.array(np.array(getattr(chunk, name), np.float32).ravel())
+            flat = _owned(np.ravel(getattr(chunk, name)), np.float32)
             cols[name] = pa.FixedSizeListArray.from_arrays(flat, width)
         self.tables["video_level"].append(pa.table(cols))
 
@@ -280,7 +277,7 @@ class PartWriter:
             "end_time": pa.array(np.asarray(chunk.segment_end_times[:s]).astype(np.int32)),
             "label": pa.array(labels.astype(np.int32)),
             "class_index": pa.array(to_class_index(labels)),
-            "score": pa.array(np.array(chunk.segment_scores[:s], np.float32)),
+            "score": _owned(chunk.segment_scores[:s], np.float32),
             "window_index": pa.array(np.arange(window_first, window_first + s, dtype=np.int32)),
             "window_lo": pa.array(lo), "window_hi": pa.array(hi),
             "pad_left": pa.array(pl.astype(np.int8)), "pad_right": pa.array(pr.astype(np.int8)),
@@ -345,6 +342,17 @@ def _file_crcs(path: Path, arrays: list[ShardedArrayWriter]) -> dict[str, str]:
         if f.is_file() and rel not in out:
             out[rel] = file_checksum(f)[1]
     return dict(sorted(out.items()))
+
+
+def _owned(view, dtype) -> pa.Array:
+    """An Arrow column holding a copy of `view`.
+
+    A chunk's arrays are views into the decoder's buffers, which the next chunk
+    overwrites, and pa.array() of a numeric numpy array shares its memory; so a
+    column taken from a chunk array as it is goes through here (columns computed
+    from one, by astype or arithmetic, are new arrays already).
+    """
+    return pa.array(np.array(view, dtype))
 
 
 def _buffer_windows(n: int) -> np.ndarray:
