@@ -58,12 +58,14 @@ def make_shards(shards: int, videos: int) -> list[Path]:
 # ---------------------------------------------------------------- children (one per measurement)
 
 def child_convert(shards: list[str], workers: int, store_dir: str, cores: int = 0,
-                  cold: bool = False) -> dict:
+                  cold: bool = False, chunk_mb: float = 0) -> dict:
     import resource
 
     from vm_memory import warm_guest_memory
 
-    from ingest.convert import ConvertConfig, convert
+    from ingest.convert import CHUNK_BYTES, ConvertConfig, convert
+
+    chunk_bytes = int(chunk_mb * 2**20) if chunk_mb else CHUNK_BYTES
 
     if cores:  # this process and the pool it starts run on the first `cores` CPUs only
         os.sched_setaffinity(0, set(sorted(os.sched_getaffinity(0))[:cores]))
@@ -81,7 +83,7 @@ def child_convert(shards: list[str], workers: int, store_dir: str, cores: int = 
     cpu0 = _cpu_seconds()
     t0 = time.perf_counter()
     s = convert(ConvertConfig(sources=tuple(shards), out=str(out), workers=workers,
-                              progress=False))
+                              progress=False, chunk_bytes=chunk_bytes))
     dt = time.perf_counter() - t0
     cpu = _cpu_seconds() - cpu0
     shutil.rmtree(out)
@@ -158,6 +160,9 @@ def main() -> None:
                     help="A RAM-backed directory for the CPU-bound measurement ('' to skip).")
     ap.add_argument("--skip-disk", action="store_true", help="Do not convert onto the disk.")
     ap.add_argument("--skip-tf", action="store_true", help="Do not run the TensorFlow baseline.")
+    ap.add_argument("--chunk-mb", type=float, default=0,
+                    help="Source MB decoded per chunk (default: ingest.convert.CHUNK_BYTES); "
+                         "docs/store.md compares 1, 2, 4, 8 and 16.")
     ap.add_argument("--cold", action="store_true",
                     help="No memory warm-up before each timed convert (benchmarks/vm_memory.py).")
     ap.add_argument("--child", help=argparse.SUPPRESS)
@@ -182,7 +187,8 @@ def main() -> None:
     # round-robin: every configuration once per round, so that slow spells of this
     # shared VM hit all of them alike; ratios are medians of per-round ratios
     rounds = [{(place, w, c): run_child("convert", shards, workers=w, store_dir=str(dirs[place]),
-                                        cores=c, cold=a.cold) for place, w, c in plan}
+                                        cores=c, cold=a.cold, chunk_mb=a.chunk_mb)
+                for place, w, c in plan}
               for _ in range(a.repeats)]
     res = {}
     for key in plan:

@@ -39,7 +39,7 @@ from ingest.store import (
 
 ON_ERROR = ("fail", "skip-record", "skip-shard")
 CHUNK_BYTES = 4 << 20  # source bytes decoded per chunk: bounds a worker's memory; 4 MB
-# converts ~25 % faster than 16 or 8 MB, and 2 or 1 MB are slower again (docs/store.md)
+# converts ~13-25 % faster than 16 MB, and 2 or 1 MB are slower again (docs/store.md)
 
 
 @dataclass(frozen=True)
