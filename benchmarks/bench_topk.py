@@ -22,6 +22,8 @@ backs guest memory lazily; see benchmarks/vm_memory.py; `--cold` leaves it out).
   the same .npy bytes of every model, taken alternately with the project's runs
   (read, run, read, run, ...): the ratio is the median of the per-repeat ratios.
 
+`--validate` also times `predict validate` of one model's full submission, the
+project's row pass against the exact regex-and-set check alone, in the same run.
 `--keep` leaves the generated files; by default they are deleted at the end.
 """
 from __future__ import annotations
@@ -122,6 +124,30 @@ def worker_topk(paths: list[str], k: int, warm_memory: bool = True) -> dict:
     return {"topk_s": t1 - t0, "topk_cpu_s": c1 - c0, "csv_s": t2 - t1, "anon_peak_mb": peak.peak_mb, "csv_mb": size / 2**20}
 
 
+def worker_validate(paths: list[str], k: int) -> dict:
+    """`validate_submission` of a full submission, the project's row pass against the exact
+    regex-and-set check alone (its baseline: what every row went through before)."""
+    from predict import submission
+    from predict.predictions import open_ensemble
+    from predict.topk import top_k
+
+    models = open_ensemble(paths)
+    out = DATA / "bench_validate.csv"
+    submission.write_submission(out, top_k([m.scores for m in models], k=k, progress=False),
+                                models[0].segments)
+    try:
+        t0 = time.perf_counter()
+        fast = submission.validate_submission(out, k)
+        t1 = time.perf_counter()
+        submission._fast_entry_count = lambda segs: None  # every row to the exact check
+        exact = submission.validate_submission(out, k)
+        t2 = time.perf_counter()
+    finally:
+        out.unlink()
+    assert fast == exact == []
+    return {"fast_s": t1 - t0, "exact_s": t2 - t1}
+
+
 def worker_argpartition(paths: list[str], k: int, n_classes: int) -> dict:
     mats = [np.load(p, mmap_mode="r") for p in paths]
     m = len(mats)
@@ -171,6 +197,9 @@ def main() -> None:
     ap.add_argument("--baseline-classes", type=int, default=8)
     ap.add_argument("--full", action="store_true", help="project and read pass only (no argpartition)")
     ap.add_argument("--keep", action="store_true", help="keep the generated files")
+    ap.add_argument("--validate", action="store_true",
+                    help="also time `predict validate` of one model's submission, fast row "
+                         "pass against the exact check alone (about a minute more)")
     ap.add_argument("--cold", action="store_true",
                     help="no memory warm-up before the timed runs (see warm_guest_memory)")
     ap.add_argument("--worker", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
@@ -179,6 +208,8 @@ def main() -> None:
         kind, k, *rest = a.worker
         if kind in ("topk", "topk-cold"):
             print(json.dumps(worker_topk(rest, int(k), warm_memory=kind == "topk")))
+        elif kind == "validate":
+            print(json.dumps(worker_validate(rest, int(k))))
         else:
             print(json.dumps(worker_argpartition(rest[1:], int(k), int(rest[0]))))
         return
@@ -209,6 +240,10 @@ def main() -> None:
         print(f"baseline (a) argpartition per column, {n} model(s): {base['total_s']:.1f} s "
               f"(extrapolated from {a.baseline_classes} classes: gather {base['gather_s']:.1f} s, "
               f"select {base['select_s']:.1f} s); project is {base['total_s'] / proj['topk_s']:.1f}x faster")
+    if a.validate:
+        v = run_worker(["validate", str(a.k), str(paths[0])])
+        print(f"validate a 1-model submission: project {v['fast_s']:.2f} s, exact check alone "
+              f"{v['exact_s']:.2f} s; project is {v['exact_s'] / v['fast_s']:.1f}x faster")
     if not a.keep:
         for p in paths:
             p.unlink()
