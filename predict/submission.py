@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 import sys
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -208,14 +209,14 @@ def _fast_entry_count(segs: str) -> int | None:
         return None
     row = np.frombuffer(segs.encode("ascii"), np.uint8)
     size = 1 << max(10, (len(row) // 2).bit_length())  # > 2x the entries (each >= 4 bytes)
-    table = _LOCAL_TABLE.get("table")
+    table = getattr(_HASH_TABLE, "table", None)
     if table is None or len(table) < size:
-        table = _LOCAL_TABLE["table"] = np.empty(size, np.uint64)
+        table = _HASH_TABLE.table = np.empty(size, np.uint64)
     n = count_entries(row, table[:size])
     return n if n >= 0 else None
 
 
-_LOCAL_TABLE: dict = {}  # the hash table of `count_entries`, reused from row to row
+_HASH_TABLE = threading.local()  # per thread: `count_entries`'s table, reused row to row
 
 
 @njit
