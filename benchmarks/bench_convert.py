@@ -15,8 +15,12 @@ TensorFlow never shares a process with anything else):
   writes, which bounds any converter that writes a store there);
 - TensorFlow's parse-only throughput: `TFRecordDataset` → batched
   `tf.io.parse_sequence_example` of every feature, nothing written: with TensorFlow's
-  default thread pools (two reader/batch settings, the best reported), and the
-  single-thread pipeline of benchmarks/bench_decode.py (`run_tf_pipeline`, reused).
+  default thread pools on both cores and pinned to one core (two reader/batch
+  settings each, the best compared), and the single-thread pipeline of
+  benchmarks/bench_decode.py (`run_tf_pipeline`, reused), pinned to one core.
+
+Every configuration runs once per round, rounds repeated `--repeats` times (slow
+spells of a shared VM hit all alike); ratios are medians of per-round ratios.
 
 Before each timed convert the child touches and frees WARM_GB of memory, so that
 the store written into tmpfs or the page cache lands on pages the VM backs already
@@ -67,8 +71,7 @@ def child_convert(shards: list[str], workers: int, store_dir: str, cores: int = 
 
     chunk_bytes = int(chunk_mb * 2**20) if chunk_mb else CHUNK_BYTES
 
-    if cores:  # this process and the pool it starts run on the first `cores` CPUs only
-        os.sched_setaffinity(0, set(sorted(os.sched_getaffinity(0))[:cores]))
+    _pin(cores)  # this process and the pool it starts
 
     out = Path(store_dir) / f"store-w{workers}"
     shutil.rmtree(out, ignore_errors=True)
@@ -100,7 +103,14 @@ def _cpu_seconds() -> float:
                (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN) for f in ("ru_utime", "ru_stime"))
 
 
-def child_tf(shards: list[str], readers: int, batch: int) -> dict:
+def _pin(cores: int) -> None:
+    """Run this process (and what it starts) on its first `cores` CPUs; 0: all."""
+    if cores:
+        os.sched_setaffinity(0, set(sorted(os.sched_getaffinity(0))[:cores]))
+
+
+def child_tf(shards: list[str], readers: int, batch: int, cores: int = 0) -> dict:
+    _pin(cores)  # before TensorFlow sizes its thread pools
     import tensorflow as tf
 
     ctx = {"id": tf.io.FixedLenFeature([], tf.string),
@@ -127,7 +137,8 @@ def child_tf(shards: list[str], readers: int, batch: int) -> dict:
     return {"seconds": time.perf_counter() - t0, "videos": n, "cpu": _cpu_seconds() - cpu0}
 
 
-def child_tf_single(shards: list[str]) -> dict:
+def child_tf_single(shards: list[str], cores: int = 1) -> dict:
+    _pin(cores)
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from bench_decode import run_tf_pipeline
 
@@ -175,38 +186,40 @@ def main() -> None:
     shards = make_shards(a.shards, a.videos_per_shard)
     mb = sum(p.stat().st_size for p in shards) / 1e6
     print(f"data: {len(shards)} shards, {mb:.0f} MB; medians of {a.repeats} repeats")
-    res = {}
     places = ([("tmpfs", Path(a.tmpfs_dir) / "yt8m-bench-convert")] if a.tmpfs_dir else [])
     places += [] if a.skip_disk else [("disk", DATA)]
     # (place, workers, cores): cores 0 = not pinned. Pinned runs give a worker count as
-    # many cores, so 2 vs 1 measures scaling, not a 1-worker run borrowing the idle second
-    # core for its writer and checksum threads.
+    # many cores, so 2 vs 1 measures scaling, not a 1-worker run whose kernel work (page
+    # cache, file system) spills onto the idle second core.
     plan = [(p, w, c) for p, _ in places for w, c in ((1, 0), (1, 1), (2, 2))
             if p == "tmpfs" or c != 1]
     dirs = dict(places)
+    # TensorFlow parse-only: its default thread pools on both cores and pinned to one
+    # (two reader/batch settings each, the best of each reported), and one thread
+    tf_plan = [] if a.skip_tf else [("tf", r, b, c) for c in (0, 1) for r, b in ((1, 32), (4, 32))]
+    tf_plan += [] if a.skip_tf else [("tf-single", 1, 0, 1)]
     # round-robin: every configuration once per round, so that slow spells of this
     # shared VM hit all of them alike; ratios are medians of per-round ratios
-    rounds = [{(place, w, c): run_child("convert", shards, workers=w, store_dir=str(dirs[place]),
-                                        cores=c, cold=a.cold, chunk_mb=a.chunk_mb)
-                for place, w, c in plan}
-              for _ in range(a.repeats)]
-    res = {}
+    rounds = []
+    for _ in range(a.repeats):
+        r = {(place, w, c): run_child("convert", shards, workers=w, store_dir=str(dirs[place]),
+                                      cores=c, cold=a.cold, chunk_mb=a.chunk_mb)
+             for place, w, c in plan}
+        for kind, readers, batch, cores in tf_plan:
+            kw = {"readers": readers, "batch": batch} if kind == "tf" else {}
+            r[kind, readers, batch, cores] = run_child(kind, shards, cores=cores, **kw)
+        rounds.append(r)
     for key in plan:
         place, workers, cores = key
         runs = [r[key] for r in rounds]
-        t = statistics.median(r["seconds"] for r in runs)
-        cpu = statistics.median(r["cpu"] for r in runs)
-        rss = max(r["peak_rss_worker"] for r in runs) / 2**20
-        res[key] = mb / t
         pin = f"pinned to {cores} core(s)" if cores else "not pinned"
-        print(f"convert to {place}, {workers} worker(s), {pin}: {t:6.2f} s  {mb / t:7.1f} MB/s  "
-              f"CPU {cpu:5.2f} s  {mb / cpu:6.0f} MB/CPU-s  peak RSS per worker {rss:.0f} MiB  "
-              f"(runs: {', '.join(format(r['seconds'], '.2f') for r in runs)})")
+        rss = max(r["peak_rss_worker"] for r in runs) / 2**20
+        print(f"convert to {place}, {workers} worker(s), {pin}: {_line(runs, mb)}  "
+              f"peak RSS per worker {rss:.0f} MiB")
     for place, _ in places:
         for ref in ((1, 1), (1, 0)):
-            if (place, ref[0], ref[1]) in res:
-                ratio = statistics.median(r[place, 1, ref[1]]["seconds"] / r[place, 2, 2]["seconds"]
-                                          for r in rounds)
+            if (place, ref[0], ref[1]) in plan:
+                ratio = _ratio(rounds, [(place, 1, ref[1])], [(place, 2, 2)])
                 print(f"{place}: 2 workers on 2 cores / 1 worker "
                       f"{'on 1 core' if ref[1] else 'not pinned'}: "
                       f"{ratio:.2f}x (median of per-round ratios; target >= 1.7x)")
@@ -216,25 +229,36 @@ def main() -> None:
         shutil.rmtree(Path(a.tmpfs_dir) / "yt8m-bench-convert", ignore_errors=True)
     if a.skip_tf:
         return
-    best = None
-    for readers, batch in ((1, 32), (4, 32)):
-        runs = [run_child("tf", shards, readers=readers, batch=batch)
-                for _ in range(a.repeats)]
-        t = statistics.median(r["seconds"] for r in runs)
-        cpu = statistics.median(r["cpu"] for r in runs)
-        print(f"TensorFlow parse-only, default threads (readers={readers}, batch={batch}): "
-              f"{t:6.2f} s  {mb / t:7.1f} MB/s  CPU {cpu:5.2f} s  {mb / cpu:6.0f} MB/CPU-s")
-        best = max(best or 0.0, mb / t)
-    runs = [run_child("tf-single", shards) for _ in range(a.repeats)]
+    for key in tf_plan:
+        kind, readers, batch, cores = key
+        what = ("one thread (bench_decode.run_tf_pipeline)" if kind == "tf-single" else
+                f"default threads, readers={readers}, batch={batch}, "
+                f"{'pinned to 1 core' if cores else 'both cores'}")
+        print(f"TensorFlow parse-only, {what}: {_line([r[key] for r in rounds], mb)}")
+    best_all = [k for k in tf_plan if k[0] == "tf" and k[3] == 0]
+    best_one = [k for k in tf_plan if k[3] == 1]
+    for key in plan:
+        if key[2] > 1:
+            continue
+        place, workers, cores = key
+        print(f"convert to {place}, {workers} worker, "
+              f"{'pinned to 1 core' if cores else 'not pinned'}: "
+              f"/ TF best (both cores) {_ratio(rounds, best_all, [key]):.2f}x; "
+              f"/ TF best on 1 core {_ratio(rounds, best_one, [key]):.2f}x "
+              f"(target >= 1x; medians of per-round ratios)")
+
+
+def _line(runs: list[dict], mb: float) -> str:
     t = statistics.median(r["seconds"] for r in runs)
     cpu = statistics.median(r["cpu"] for r in runs)
-    single = mb / t
-    print(f"TensorFlow parse-only, one thread (bench_decode.run_tf_pipeline): {t:6.2f} s  "
-          f"{single:7.1f} MB/s  CPU {cpu:5.2f} s  {mb / cpu:6.0f} MB/CPU-s")
-    for (place, workers, cores), r in sorted(res.items()):
-        print(f"convert to {place}, {workers} worker(s), cores {cores or 'all'}: "
-              f"/ TF best {r / best:.2f}x; / TF one thread {r / single:.2f}x (target >= 1x)")
+    return (f"{t:6.2f} s  {mb / t:7.1f} MB/s  CPU {cpu:5.2f} s  {mb / cpu:6.0f} MB/CPU-s  "
+            f"(runs: {', '.join(format(r['seconds'], '.2f') for r in runs)})")
 
+
+def _ratio(rounds: list[dict], slow: list, fast: list) -> float:
+    """Median over rounds of (best time among `slow`) / (best time among `fast`)."""
+    return statistics.median(min(r[k]["seconds"] for k in slow) /
+                             min(r[k]["seconds"] for k in fast) for r in rounds)
 
 if __name__ == "__main__":
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
