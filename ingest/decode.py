@@ -18,10 +18,10 @@ import os
 from collections.abc import Iterator
 from types import SimpleNamespace
 
-import google_crc32c
 import numpy as np
 
 from ingest import wire
+from ingest.crc_combine import fold_records
 from ingest.encode import frame_prefix
 from ingest.errors import ShardError
 from ingest.jit import njit
@@ -721,14 +721,13 @@ class ShardDecoder:
             size = os.fstat(f.fileno()).st_size
             filled, file_off, record, used, limit = 0, 0, 0, 0, block
             skipped: list[tuple[int, int, str]] = []
-            crc = 0  # CRC-32C of the whole file, computed on each block while it is in cache
+            crc = 0  # CRC-32C of the whole file so far (of the records consumed)
             self.source_crc32c = None
             self._start_chunk(KIND_NONE, min(chunk_bytes, size) + block)
             while file_off < size:
                 if len(self._raw) < limit:
                     self._grow_raw(limit, filled)
                 got = _fill(f, self._raw, filled, limit)
-                crc = google_crc32c.extend(crc, self._raw[filled : filled + got])
                 filled += got
                 spans = scan_records(self._raw, filled, path=path, file_offset=file_off,
                                      first_record=record, file_size=size,
@@ -739,6 +738,9 @@ class ShardDecoder:
                                          "(it shrank while being read)")
                     limit = spans.need
                     continue
+                # the whole file's CRC-32C, from the records' own (no pass of its own)
+                crc = int(fold_records(crc, self._raw, spans.heads, spans.all_lengths,
+                                       spans.data_crcs))
                 self._decode_block(path, spans, skipped)
                 rest = filled - spans.consumed
                 self._raw[:rest] = self._raw[spans.consumed : filled]
@@ -758,6 +760,7 @@ class ShardDecoder:
         self._start_chunk(KIND_NONE, 0)
         none = np.zeros(0, np.int64)
         self._call(SimpleNamespace(starts=none, lengths=none, offsets=none), 0)
+        fold_records(0, self._raw, none, none, np.zeros(0, np.uint32))
 
     def decode(self, path: str | os.PathLike) -> DecodedShard:
         """The whole shard in one chunk (views into this decoder's buffers)."""

@@ -70,6 +70,10 @@ class RecordSpans:
     offsets: np.ndarray  # (R,) int64: byte offset of each record's header in the file
     numbers: np.ndarray  # (R,) int64: 0-based record number in the file
     bad_crc: list[tuple[int, int]]  # (record number, offset) whose data CRC failed (skipped)
+    # every record covered, kept or skipped, in file order (the file CRC folds them in):
+    heads: np.ndarray  # (n_records,) int64: buffer position of the record's header
+    all_lengths: np.ndarray  # (n_records,) int64: its data length
+    data_crcs: np.ndarray  # (n_records,) uint32: CRC-32C of its data as read
     consumed: int  # bytes of the buffer covered by whole records (kept or skipped)
     n_records: int  # records covered (kept + skipped)
     need: int  # bytes the next, incomplete record needs from its header on (0 if none)
@@ -87,6 +91,7 @@ def scan_records(buf: np.ndarray, nbytes: int, *, path: str, file_offset: int,
     many bytes it takes); at the end of the file it is reported as truncated.
     """
     starts, lengths, offsets, numbers, bad = [], [], [], [], []
+    heads, all_lengths, data_crcs = [], [], []
     pos, rec, need = 0, first_record, 0
     value = google_crc32c.value
     while True:
@@ -110,7 +115,11 @@ def scan_records(buf: np.ndarray, nbytes: int, *, path: str, file_offset: int,
             break
         data = pos + HEADER_BYTES
         (data_crc,) = _FOOTER.unpack_from(buf, data + length)
-        if _mask(value(buf[data : data + length])) != data_crc:
+        crc = value(buf[data : data + length])
+        heads.append(pos)
+        all_lengths.append(length)
+        data_crcs.append(crc)
+        if _mask(crc) != data_crc:
             if not skip_bad_crc:
                 raise ShardError(path, rec, where, "data CRC mismatch (corrupt record)")
             bad.append((rec, where))
@@ -125,7 +134,8 @@ def scan_records(buf: np.ndarray, nbytes: int, *, path: str, file_offset: int,
     def arr(xs: list) -> np.ndarray:
         return np.array(xs, dtype=np.int64)
 
-    return RecordSpans(arr(starts), arr(lengths), arr(offsets), arr(numbers), bad, pos,
+    return RecordSpans(arr(starts), arr(lengths), arr(offsets), arr(numbers), bad,
+                       arr(heads), arr(all_lengths), np.array(data_crcs, np.uint32), pos,
                        rec - first_record, need)
 
 
