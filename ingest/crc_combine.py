@@ -45,18 +45,11 @@ def multmodp(a, b):
 
 
 def _x2n_table() -> np.ndarray:
-    """x^(2^k) modulo the polynomial, k = 0..31 (plain Python: runs once at import)."""
-    def mult(a: int, b: int) -> int:
-        p, m = 0, 1 << 31
-        while m:
-            if a & m:
-                p ^= b
-            b = (b >> 1) ^ POLY if b & 1 else b >> 1
-            m >>= 1
-        return p
-
+    """x^(2^k) modulo the polynomial, k = 0..31 (once, at import, with `multmodp`'s
+    Python function: no compilation at import)."""
+    mult = getattr(multmodp, "py_func", multmodp)
     out = np.zeros(32, np.uint64)
-    p = 1 << 30  # x^1
+    p = np.uint64(1 << 30)  # x^1
     for k in range(32):
         out[k] = p
         p = mult(p, p)
@@ -69,7 +62,8 @@ X2N_TABLE = _x2n_table()
 
 @njit
 def shift_bytes(crc, n):
-    """The CRC of A followed by n zero-CRC bytes' worth of shift: crc(A) * x^(8n) mod p."""
+    """`crc` advanced over n bytes without their content: crc * x^(8n) modulo the
+    polynomial (XOR the CRC of those n bytes into it to get the CRC of both)."""
     p = np.uint64(1) << np.uint64(31)  # x^0
     k = 3  # x^(8n) = x^(n * 2^3)
     n = np.uint64(n)
