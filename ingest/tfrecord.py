@@ -90,8 +90,7 @@ def scan_records(buf: np.ndarray, nbytes: int, *, path: str, file_offset: int,
     record at the end of the buffer is left for the next call (`need` says how
     many bytes it takes); at the end of the file it is reported as truncated.
     """
-    starts, lengths, offsets, numbers, bad = [], [], [], [], []
-    heads, all_lengths, data_crcs = [], [], []
+    heads, all_lengths, data_crcs, ok = [], [], [], []  # one entry per record covered
     pos, rec, need = 0, first_record, 0
     value = google_crc32c.value
     while True:
@@ -116,27 +115,29 @@ def scan_records(buf: np.ndarray, nbytes: int, *, path: str, file_offset: int,
         data = pos + HEADER_BYTES
         (data_crc,) = _FOOTER.unpack_from(buf, data + length)
         crc = value(buf[data : data + length])
+        good = _mask(crc) == data_crc
+        if not good and not skip_bad_crc:
+            raise ShardError(path, rec, where, "data CRC mismatch (corrupt record)")
         heads.append(pos)
         all_lengths.append(length)
         data_crcs.append(crc)
-        if _mask(crc) != data_crc:
-            if not skip_bad_crc:
-                raise ShardError(path, rec, where, "data CRC mismatch (corrupt record)")
-            bad.append((rec, where))
-        else:
-            starts.append(data)
-            lengths.append(length)
-            offsets.append(where)
-            numbers.append(rec)
+        ok.append(good)
         pos += total
         rec += 1
 
-    def arr(xs: list) -> np.ndarray:
-        return np.array(xs, dtype=np.int64)
+    return _spans(np.array(heads, np.int64), np.array(all_lengths, np.int64),
+                  np.array(data_crcs, np.uint32), np.array(ok, bool), file_offset,
+                  first_record, pos, need)
 
-    return RecordSpans(arr(starts), arr(lengths), arr(offsets), arr(numbers), bad,
-                       arr(heads), arr(all_lengths), np.array(data_crcs, np.uint32), pos,
-                       rec - first_record, need)
+
+def _spans(heads, all_lengths, data_crcs, kept, file_offset, first_record, consumed,
+           need) -> RecordSpans:
+    """RecordSpans of the records covered; the kept ones' fields derived from them."""
+    numbers = first_record + np.arange(len(heads), dtype=np.int64)
+    bad = [(int(numbers[i]), int(file_offset + heads[i])) for i in np.flatnonzero(~kept)]
+    return RecordSpans(heads[kept] + HEADER_BYTES, all_lengths[kept], heads[kept] + file_offset,
+                       numbers[kept], bad, heads, all_lengths, data_crcs, consumed,
+                       len(heads), need)
 
 
 def iter_records(path: str | os.PathLike) -> Iterator[tuple[int, int, bytes]]:
