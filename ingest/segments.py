@@ -112,8 +112,9 @@ def gather_windows(frames: np.ndarray, base, lo, hi, pad_left,
     if out is None:
         out = np.empty((n, WINDOW_FRAMES, FRAME_BYTES), np.uint8)
     out = out[:n]
-    gather_windows_kernel(np.ascontiguousarray(frames), np.asarray(base, np.int64), np.asarray(lo, np.int64),
-                          np.asarray(hi, np.int64), np.asarray(pad_left, np.int64), out)
+    gather_windows_kernel(np.ascontiguousarray(frames), np.asarray(base, np.int64),
+                          np.asarray(lo, np.int64), np.asarray(hi, np.int64),
+                          np.asarray(pad_left, np.int64), out)
     return out
 
 

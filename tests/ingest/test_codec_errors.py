@@ -145,9 +145,9 @@ def content_case(name: str) -> tuple[bytes, str]:
     return cases[name]
 
 
-CASES = ["rgb size", "audio size", "mismatch", "two values", "frame type", "frame varint", "no id", "two ids", "bad utf8",
-         "labels type", "segments", "end times", "mean size", "mean missing", "packed floats",
-         "varint overflow", "wire type", "field zero"]
+CASES = ["rgb size", "audio size", "mismatch", "two values", "frame type", "frame varint",
+         "no id", "two ids", "bad utf8", "labels type", "segments", "end times", "mean size",
+         "mean missing", "packed floats", "varint overflow", "wire type", "field zero"]
 
 
 @pytest.mark.parametrize("case", CASES)
