@@ -152,10 +152,12 @@ def child_tf_single(shards: list[str], cores: int = 1) -> dict:
 CHILDREN = {"convert": child_convert, "tf": child_tf, "tf-single": child_tf_single}
 
 
-def run_child(kind: str, shards: list[Path], **kw) -> dict:
+def run_child(kind: str, shards: list[Path], env: dict | None = None, **kw) -> dict:
+    """One measurement in a fresh process (`env`: its environment, e.g. a PYTHONPATH that
+    puts another checkout's `ingest` first; benchmarks/ab_convert.py)."""
     args = [sys.executable, __file__, "--child", kind, "--child-args",
             json.dumps({"shards": [str(s) for s in shards], **kw})]
-    out = subprocess.run(args, check=True, capture_output=True, text=True)
+    out = subprocess.run(args, check=True, capture_output=True, text=True, env=env)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -196,8 +198,9 @@ def main() -> None:
     dirs = dict(places)
     # TensorFlow parse-only: its default thread pools on both cores and pinned to one
     # (two reader/batch settings each, the best of each reported), and one thread
-    tf_plan = [] if a.skip_tf else [("tf", r, b, c) for c in (0, 1) for r, b in ((1, 32), (4, 32))]
-    tf_plan += [] if a.skip_tf else [("tf-single", 1, 0, 1)]
+    tf_plan = [] if a.skip_tf else (
+        [("tf", r, b, c) for c in (0, 1) for r, b in ((1, 32), (4, 32))]
+        + [("tf-single", 1, 0, 1)])  # (kind, readers, batch, cores)
     # round-robin: every configuration once per round, so that slow spells of this
     # shared VM hit all of them alike; ratios are medians of per-round ratios
     rounds = []
