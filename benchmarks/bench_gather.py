@@ -15,13 +15,16 @@ Prints medians over `--repeats` calls, GB/s of window bytes, and the ratios.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
+import sys
+from pathlib import Path
 
 import numpy as np
 
 from ingest import segments as seg
 from ingest.jit import njit
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from timing import median_time
 
 
 @njit
@@ -33,16 +36,6 @@ def gather_slices(frames, base, lo, hi, pad_left, out):
         p = pad_left[i]
         for k in range(hi[i] - lo[i]):
             out[i, p + k, :] = frames[b + k, :]
-
-
-def _median_seconds(fn, repeats: int) -> float:
-    fn()  # compile / warm
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -67,7 +60,9 @@ def main() -> None:
                                                         for x in (lo, hi, pl)), want),
         "memcpy": lambda: np.copyto(out.reshape(-1), flat_src),
     }
-    t = {name: _median_seconds(fn, a.repeats) for name, fn in runs.items()}
+    for fn in runs.values():
+        fn()  # compile / warm
+    t = {name: median_time(fn, a.repeats) for name, fn in runs.items()}
     for name, s in t.items():
         print(f"{name:8s} {s * 1e6:8.1f} us  {out.nbytes / s / 1e9:6.2f} GB/s  "
               f"({t['project'] / s:.2f}x the project's speed)")

@@ -23,24 +23,16 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from timing import median_time
+
 DATA = ROOT / "bench_data" / "synth"
-
-
-def _median_time(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 def _shard_videos(videos: int):
@@ -86,7 +78,7 @@ def tf_worker(videos: int, repeats: int, path: Path) -> None:
                         fl.add().bytes_list.value.append(row.tobytes())
                 w.write(ex.SerializeToString())
 
-    t = _median_time(write, repeats)
+    t = median_time(write, repeats)
     print(json.dumps({"seconds": t, "bytes": path.stat().st_size}))
 
 
@@ -113,7 +105,7 @@ def main() -> None:
         per_shard = -(-args.videos // args.shards)
         cfg = SynthConfig(out_dir=str(DATA / "e2e"), split="validate", shards=args.shards,
                           videos_per_shard=per_shard)
-        t_e2e = _median_time(lambda: write_synth(cfg, progress=False), args.repeats)
+        t_e2e = median_time(lambda: write_synth(cfg, progress=False), args.repeats)
         e2e_mb = sum(p.stat().st_size for p in (DATA / "e2e").iterdir()) / 1e6
         print(f"end to end  write_synth {args.shards * per_shard} videos, {e2e_mb:.0f} MB: "
               f"{t_e2e:.2f} s  ({e2e_mb / t_e2e:.0f} MB/s, "
@@ -122,12 +114,12 @@ def main() -> None:
 
         vids = _shard_videos(args.encode_videos)
         ours = DATA / "ours.tfrecord"
-        t_ours = _median_time(
+        t_ours = median_time(
             lambda: write_tfrecord(ours, (encode_sequence_example(v) for v in vids)),
             args.repeats)
         mb = ours.stat().st_size / 1e6
         rows = [("project (vectorised)", t_ours)]
-        t_row = _median_time(lambda: write_tfrecord(DATA / "row.tfrecord",
+        t_row = median_time(lambda: write_tfrecord(DATA / "row.tfrecord",
                                                     (_per_row_encode(v) for v in vids)),
                              args.repeats)
         assert (DATA / "row.tfrecord").read_bytes() == ours.read_bytes()
