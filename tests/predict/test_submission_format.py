@@ -66,6 +66,7 @@ def write(tmp_path, text):
 def test_valid_file_with_empty_row(tmp_path):
     p = write(tmp_path, f"Class,Segments\n{IDS[0]},a:5 b:10\n{IDS[1]},\n")
     assert validate_submission(p, k=5) == []
+    assert validate_submission(p, k=5, exact=True) == []
     assert read_submission(p, k=5) == {int(IDS[0]): ["a:5", "b:10"], int(IDS[1]): []}
 
 
@@ -89,6 +90,7 @@ def test_problems_name_their_line(tmp_path, text, line, message):
     problems = validate_submission(p, k=3)
     assert len(problems) == 1 and problems[0].line == line
     assert message in problems[0].reason
+    assert validate_submission(p, k=3, exact=True) == problems  # the reference path agrees
     with pytest.raises(SubmissionError, match=f"line {line}: "):
         read_submission(p, k=3)
 
