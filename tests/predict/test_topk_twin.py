@@ -4,10 +4,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from ingest.jit import JIT_ENABLED
 from predict import simd
 from predict import topk as T
 from predict import topk_kernels as K
 from predict.topk import N_BUCKETS, ensemble_scores, top_k
+
+# compiles the intrinsic / tie key itself with numba: nothing to compare with YT8M_NO_JIT=1
+NEEDS_JIT = pytest.mark.skipif(not JIT_ENABLED, reason="compiles a kernel with numba itself")
 
 U64 = np.uint64
 
@@ -165,6 +169,7 @@ def test_k_below_one_refused():
 
 # The kernels against their plain numpy twins.
 
+@NEEDS_JIT
 def test_compress_hits_matches_python_twin():
     rng = np.random.default_rng(8)
     vals = rng.integers(0, 60, (40, 70)).astype(np.uint16)
@@ -193,6 +198,7 @@ def _compress_jit(*args):
     return _compress_kernel(*args)
 
 
+@NEEDS_JIT
 def test_tie_key_matches_numpy_twin():
     from numba import njit
 
@@ -256,6 +262,7 @@ def test_plain_python_kernels_agree(tmp_path):
     assert np.array_equal(np.load(tmp_path / "sel.npy"), top_k(models, k=15, seed=4, block_rows=16))
 
 
+@pytest.mark.skipif(not JIT_ENABLED, reason="60 million scores: minutes in plain Python")
 def test_memory_stays_below_the_matrices(tmp_path):
     """top_k streams memory maps: its allocations stay far below the matrices' size."""
     import tracemalloc
