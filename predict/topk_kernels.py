@@ -48,6 +48,7 @@ _U_CLASS_MASK = np.uint64((1 << (5 + TILE_TAG_SHIFT)) - 1)
 _U_TILE_MASK, _U_VALUE_MASK = np.uint64(TILE_ROWS - 1), np.uint64(VALUE_MASK)
 _U_CLOSER_BIT, _U_EPOCH_BITS = np.uint64(CLOSER_BIT), np.uint64(EPOCH_BITS)
 _U_ROW_MASK, _U_PREFETCH = np.uint64(ROW_MASK), np.uint64(PREFETCH_AHEAD)
+_U32_EPOCH_BITS, _U32_ROW_MASK = np.uint32(EPOCH_BITS), np.uint32(ROW_MASK)  # finish's entries
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)  # splitmix64 constants
 _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
 _MIX2 = np.uint64(0x94D049BB133111EB)
@@ -239,46 +240,58 @@ def finish(k, seed, buf, cnt, epoch_pos, n_parts):
     """
     n_cls, cap = buf.shape
     for part in prange(n_parts):
-        hist = np.empty(N_BUCKETS, np.int64)
+        hist = np.empty(N_BUCKETS + 1, np.uint32)  # uint32: 40 KB, stays in L1
         entries = np.empty(cap, np.uint32)
         tie_rows = np.empty(cap, np.int64)
         tie_keys = np.empty(cap, np.uint64)
         for c in range(part * n_cls // n_parts, (part + 1) * n_cls // n_parts):
-            _finish_class(c, cnt[c], k, seed, buf, epoch_pos, hist, entries, tie_rows, tie_keys)
+            _finish_class(c, cnt[c], k, seed, buf[c], epoch_pos, hist, entries, tie_rows,
+                          tie_keys)
 
 
 @njit
-def _finish_class(c, p, k, seed, buf, epoch_pos, hist, entries, tie_rows, tie_keys):
-    """`finish` for class c, whose p entries are buf[c, :p] (scratch: the other arrays)."""
-    entries[:p] = buf[c, :p]
+def _finish_class(c, p, k, seed, out, epoch_pos, hist, entries, tie_rows, tie_keys):
+    """`finish` for class c, whose p entries are out[:p] (out: buf[c]; scratch: the rest).
+
+    The placement loop has no branch on the score: an entry below the boundary
+    bucket goes to a trash bucket whose slot, the buffer's last (beyond k), never
+    advances.
+    """
+    for i in range(p):
+        entries[i] = out[i]
     hist[:] = 0
     for i in range(p):
-        hist[entries[i] >> EPOCH_BITS] += 1
+        hist[entries[i] >> EPOCH_BITS] += np.uint32(1)
     above, t = 0, QUANT_SCALE
     while t > 0 and above + hist[t] < k:
         h = hist[t]
         hist[t] = above  # first output slot of bucket t
         above += h
         t -= 1
-    flat = buf.reshape(-1)  # unsigned indices into it: no negative-index fix-ups per entry
-    base, tu = np.uint64(c) * np.uint64(buf.shape[1]), np.uint64(t)
-    j, e, nxt = 0, 0, epoch_pos[c, 1]
-    for i in range(p):
-        e, nxt = _next_epoch(epoch_pos, c, i, e, nxt)
-        x = np.uint64(entries[i])
-        v = x >> _U_EPOCH_BITS
-        row = np.uint64(e) * np.uint64(EPOCH_ROWS) + (x & _U_ROW_MASK)
-        if v > tu:
-            slot = np.uint64(hist[v])
-            flat[base + slot] = row
-            hist[v] = slot + np.uint64(1)
-        elif v == tu:
-            tie_rows[j] = row
-            tie_keys[j] = ~tie_key(seed, c, row)
-            j += 1
+    trash, tu = np.uint32(N_BUCKETS), np.uint32(t)
+    hist[trash] = out.shape[0] - 1
+    j, e, i0 = 0, 0, 0
+    while i0 < p:  # epoch by epoch: an entry's row is its epoch's base + its low bits
+        i1 = min(epoch_pos[c, e + 1], p)
+        row0 = np.uint32(e * EPOCH_ROWS)
+        for i in range(i0, i1):
+            x = entries[i]
+            v = x >> _U32_EPOCH_BITS
+            row = row0 + (x & _U32_ROW_MASK)
+            if v == tu:  # rare: a few dozen per class
+                tie_rows[j] = row
+                tie_keys[j] = ~tie_key(seed, c, row)
+                j += 1
+            keep = v > tu
+            b = v if keep else trash
+            slot = hist[b]
+            out[slot] = row
+            hist[b] = slot + np.uint32(keep)
+        i0 = max(i0, i1)
+        e += 1
     order = np.argsort(tie_keys[:j], kind="mergesort")
     for i in range(k - above):
-        buf[c, above + i] = tie_rows[order[i]]
+        out[above + i] = tie_rows[order[i]]
 
 
 @njit(parallel=True)
