@@ -178,12 +178,12 @@ def starting_floors(models, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     if m >= s and s < n:
         return fv, fk
     if len(models) == 1:
-        scores = np.asarray(models[0][rows])
+        scores, rows_of_scores = models[0], rows  # straight from the memory map
     else:
-        scores = np.empty((s, n_cls), np.uint16)
+        scores, rows_of_scores = np.empty((s, n_cls), np.uint16), np.arange(s)
         K.ensemble_mean(tuple(np.asarray(m[rows]) for m in models), scores)
     sample = np.empty((n_cls, s), np.uint16)
-    K.transpose(scores, sample)
+    K.gather_transposed(scores, rows_of_scores, sample)
     K.sample_floors(sample, rows, m, seed, fv, fk)
     return fv, fk
 

@@ -316,13 +316,24 @@ def ensemble_mean(blocks, means):
 
 
 @njit(parallel=True)
-def transpose(src, dst):
-    """dst (C, B) = src (B, C).T, in 32 × 32 tiles (both uint16)."""
-    n_rows, n_cls = src.shape
-    for g in prange((n_cls + LANES - 1) // LANES):
-        c0 = g * LANES
-        c1 = min(c0 + LANES, n_cls)
-        for r0 in range(0, n_rows, LANES):
-            for c in range(c0, c1):
-                for r in range(r0, min(r0 + LANES, n_rows)):
-                    dst[c, r] = src[r, c]
+def gather_transposed(src, rows, dst):
+    """dst (C, S) = src[rows].T: the rows `rows` (S,) of src (N, C), class-major (uint16).
+
+    Per block of LANES rows: the rows are copied whole into a tile (sequential
+    reads of the memory map), then each class's LANES scores written out as one
+    run: no (S, C) intermediate, no strided read per score.
+    """
+    n_cls = src.shape[1]
+    s = rows.shape[0]
+    for b in prange((s + LANES - 1) // LANES):
+        i0 = b * LANES
+        i1 = min(i0 + LANES, s)
+        tile = np.empty((LANES, n_cls), np.uint16)
+        for i in range(i0, i1):
+            row, t = src[rows[i]], tile[i - i0]
+            for c in range(n_cls):
+                t[c] = row[c]
+        for c in range(n_cls):
+            d = dst[c]
+            for i in range(i1 - i0):
+                d[i0 + i] = tile[i, c]

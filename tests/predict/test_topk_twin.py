@@ -218,11 +218,13 @@ def test_ensemble_mean_matches_twin():
         assert np.array_equal(means, ensemble_scores(blocks))
 
 
-def test_transpose_matches_numpy():
-    src = np.random.default_rng(6).integers(0, 9999, (77, 45)).astype(np.uint16)
-    dst = np.empty((45, 77), np.uint16)
-    K.transpose(src, dst)
-    assert np.array_equal(dst, src.T)
+def test_gather_transposed_matches_numpy():
+    rng = np.random.default_rng(6)
+    src = rng.integers(0, 9999, (177, 45)).astype(np.uint16)
+    for rows in (np.arange(177), np.sort(rng.choice(177, 77, replace=False)), np.array([5])):
+        dst = np.empty((45, len(rows)), np.uint16)
+        K.gather_transposed(src, rows, dst)
+        assert np.array_equal(dst, src[rows].T)
 
 
 def test_sample_floors_rank_m():
@@ -285,5 +287,5 @@ def test_memory_stays_below_the_matrices(tmp_path):
     tracemalloc.stop()
     assert sel.shape == (1000, k)
     buffers = 1000 * (k + K.TILE_ROWS) * 4 + 4096 * 1000 * 2  # candidates, one mean block
-    sample = T.SAMPLE_ROWS * 1000 * 2 * 3  # gathered rows, their mean, transposed
+    sample = T.SAMPLE_ROWS * 1000 * 2 * 3  # gathered rows, their mean, class-major
     assert peak < buffers + sample + 8 * 2**20 < n * 1000 * 2
