@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.append(str(ROOT))  # after PYTHONPATH: benchmarks/ab_topk.py runs another checkout
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from vm_memory import warm_guest_memory
 
@@ -164,9 +164,10 @@ def worker_argpartition(paths: list[str], k: int, n_classes: int) -> dict:
     return {"gather_s": gather * scale, "select_s": select * scale, "total_s": (gather + select) * scale}
 
 
-def run_worker(args: list[str]) -> dict:
+def run_worker(args: list[str], env: dict | None = None) -> dict:
+    """One measurement in a fresh process (`env`: e.g. a PYTHONPATH of another checkout)."""
     cmd = [sys.executable, __file__, "--worker", *args]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT)
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT, env=env)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
