@@ -12,9 +12,10 @@ shuffled part of the output.
 1. floors: the ensemble scores of SAMPLE_ROWS evenly spaced rows give each class
    a composite floor that FLOOR_SIGMAS binomial standard deviations more than K
    segments are expected to reach (floor 0 where the sample cannot tell);
-2. scan: one pass over row blocks of the memory-mapped matrices, parallel over
-   class ranges: 32 scores at a time are compared with their floors and the hits
-   compressed (predict/simd.py), then appended to their class's buffer of
+2. scan: one pass over row blocks of the memory-mapped matrices, in rounds of
+   rows: the threads share a round's rows (whole rows: memory speed) and compare
+   32 scores at a time with their floors, compressing the hits (predict/simd.py);
+   then, parallel over class chunks, the hits are appended to their class's buffer of
    `K + K/4` packed uint32 entries; a full buffer is compacted to its K best and
    its floor rises to the K-th (nothing at or above the final K-th is ever lost);
 3. a class left with fewer than K entries (its floor was set too high by the
@@ -120,13 +121,13 @@ class _ScanState:
 
 def _scan_all(models, block_rows, state, active, fv, fk, seed, k, buf, bar) -> None:
     """Scan every row block (blocks never straddle an epoch) for the `active` classes."""
-    hits = np.empty((_n_parts(), K.HITS_PER_PART), np.uint32)
+    hits, ends = K.scan_scratch(models[0].shape[1], _n_parts())
     for r0, vals in _blocks(models, block_rows):
         epoch = r0 >> K.EPOCH_BITS
         if r0 & K.ROW_MASK == 0 and epoch:
             state.epoch_pos[active, epoch] = state.cnt[active]
         K.scan(vals, r0, epoch, fv, fk, seed, k, buf, state.cnt, state.epoch_pos,
-               state.invalid, hits)
+               state.invalid, hits, ends)
         bar.update(len(vals))
 
 

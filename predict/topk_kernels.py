@@ -34,11 +34,11 @@ EPOCH_ROWS = 1 << EPOCH_BITS
 ROW_MASK = EPOCH_ROWS - 1
 KEY_SHIFT = 50  # composite key: score (14 bits) above a 50-bit tie key
 NOT_STARTED = np.iinfo(np.int64).max  # epoch_pos of an epoch not reached yet
-TILE_ROWS = 256  # rows per tile: a tile of a thread's columns stays in L2
-CHUNK_GROUPS = 16  # 32-class groups per chunk: the chunk's appends stay in L1
+TILE_ROWS = 256  # rows per tile: a tile's hits of one chunk are appended together
+CHUNK_GROUPS = 16  # at most 16 32-class groups per chunk: the chunk's appends stay in L1
 TILE_TAG_SHIFT = 4  # hit tag = row-in-tile << 4 | group-in-chunk
 PREFETCH_AHEAD = 32  # entries: the class's write front two cache lines ahead
-HITS_PER_PART = TILE_ROWS * CHUNK_GROUPS * LANES + LANES  # a chunk's hits, + a store's spill
+SUB_ROWS = 1024  # rows per compress-then-append round of `scan` (its scratch: SUB_ROWS × C hits)
 assert CHUNK_GROUPS == 1 << TILE_TAG_SHIFT and TILE_ROWS << TILE_TAG_SHIFT <= 1 << TAG_BITS
 
 # the hit loop's fields, in uint64 (see _append_hits): lane and group-in-chunk side by
@@ -115,50 +115,102 @@ def compact(c, p, k, seed, epoch, fv, fk, buf, epoch_pos):
     return q
 
 
-@njit(parallel=True)
-def scan(vals, row0, epoch, fv, fk, seed, k, buf, cnt, epoch_pos, invalid, hits):
+def scan_scratch(n_cls: int, n_threads: int) -> tuple[np.ndarray, np.ndarray]:
+    """`scan`'s scratch: hits (n_parts, n_chunks, cap) uint32, tile ends (n_parts, n_chunks, T).
+
+    n_parts = n_threads row ranges of a round; n_chunks class chunks of at most
+    CHUNK_GROUPS groups, at least one per thread (the append phase's parallelism).
+    """
+    n_groups = -(-n_cls // LANES)
+    n_chunks = min(n_groups, max(n_threads, -(-n_groups // CHUNK_GROUPS)))
+    chunk_groups = -(-n_groups // n_chunks)
+    n_chunks = -(-n_groups // chunk_groups)
+    rows = -(-SUB_ROWS // n_threads)
+    hits = np.empty((n_threads, n_chunks, rows * chunk_groups * LANES + LANES), np.uint32)
+    return hits, np.empty((n_threads, n_chunks, -(-rows // TILE_ROWS)), np.int64)
+
+
+@njit
+def scan(vals, row0, epoch, fv, fk, seed, k, buf, cnt, epoch_pos, invalid, hits, ends):
     """Append every score of a block at or above its class's floor to the class's buffer.
 
     vals (B, C) uint16, rows row0.. of one epoch; fv (C,) uint16 floor scores (the
     SIMD compare), fk (C,) uint64 composite floors; buf (C, cap) uint32; cnt (C,)
     int64 entries per class; invalid (C,) counts scores above 9999 (not appended);
-    hits (n_parts, HITS_PER_PART) uint32 scratch. Parallel over n_parts class
-    ranges; per tile of rows and chunk of classes the hits are compressed first
-    (predict/simd.py), then appended; only a hit flagged "look closer" (at its
-    floor, or above 9999) is checked one by one; a full buffer is compacted to its
-    k best, after which the chunk's remaining hits are all checked.
+    hits, ends: `scan_scratch`. In rounds of SUB_ROWS rows, two parallel phases:
+    compress, each thread over whole rows of its share of the round (a row read
+    front to back: split by classes instead, each thread read half of every row and
+    the scan ran at half the memory speed), the hits of each class chunk and tile
+    packed into their own run (predict/simd.py); then append, each thread over its
+    chunks' runs in row order. Only a hit flagged "look closer" (at its floor, or
+    above 9999) is checked one by one; a full buffer is compacted to its k best,
+    after which the chunk's remaining hits of the round are all checked.
     """
-    n_rows, n_cls = vals.shape
+    n_rows = vals.shape[0]
+    for s0 in range(0, n_rows, SUB_ROWS):
+        s1 = min(s0 + SUB_ROWS, n_rows)
+        _compress_round(vals, s0, s1, fv, hits, ends)
+        _append_round(s0, s1, row0, k, seed, epoch, fv, fk, buf, cnt, epoch_pos, invalid,
+                      hits, ends)
+
+
+@njit(parallel=True)
+def _compress_round(vals, s0, s1, fv, hits, ends):
+    """Phase 1 of a round: rows [s0, s1) split among n_parts; hits[part, chunk] packed per
+    tile, ends[part, chunk, tile] = where each tile's run ends."""
+    n_cls = vals.shape[1]
+    n_parts, n_chunks = hits.shape[0], hits.shape[1]
     n_groups = (n_cls + LANES - 1) // LANES
-    n_parts = hits.shape[0]
+    chunk_groups = (n_groups + n_chunks - 1) // n_chunks
+    per = (s1 - s0 + n_parts - 1) // n_parts
     for part in prange(n_parts):
-        g0 = part * n_groups // n_parts
-        g1 = (part + 1) * n_groups // n_parts
-        for t0 in range(0, n_rows, TILE_ROWS):
-            t1 = min(t0 + TILE_ROWS, n_rows)
-            for h0 in range(g0, g1, CHUNK_GROUPS):
-                n = 0
-                for r in range(t0, t1):
-                    for g in range(h0, min(h0 + CHUNK_GROUPS, g1)):
+        ns = np.zeros(n_chunks, np.int64)
+        r_lo, r_hi = s0 + part * per, min(s0 + (part + 1) * per, s1)
+        for t0 in range(r_lo, r_hi, TILE_ROWS):
+            for r in range(t0, min(t0 + TILE_ROWS, r_hi)):
+                for h in range(n_chunks):
+                    n, g0 = ns[h], h * chunk_groups
+                    for g in range(g0, min(g0 + chunk_groups, n_groups)):
                         c0 = g * LANES
-                        tag = ((r - t0) << TILE_TAG_SHIFT) | (g - h0)
-                        n = compress_hits(vals, r, c0, min(LANES, n_cls - c0), fv, tag, hits[part], n)
-                _append_hits(hits[part], n, h0 * LANES, row0 + t0, k, seed, epoch, fv, fk,
-                             buf, cnt, epoch_pos, invalid)
+                        tag = ((r - t0) << TILE_TAG_SHIFT) | (g - g0)
+                        n = compress_hits(vals, r, c0, min(LANES, n_cls - c0), fv, tag,
+                                          hits[part, h], n)
+                    ns[h] = n
+            ends[part, :, (t0 - r_lo) // TILE_ROWS] = ns
+
+
+@njit(parallel=True)
+def _append_round(s0, s1, row0, k, seed, epoch, fv, fk, buf, cnt, epoch_pos, invalid, hits,
+                  ends):
+    """Phase 2 of a round: per class chunk (parallel), its runs in row order."""
+    n_cls = buf.shape[0]
+    n_parts, n_chunks = hits.shape[0], hits.shape[1]
+    chunk_groups = ((n_cls + LANES - 1) // LANES + n_chunks - 1) // n_chunks
+    per = (s1 - s0 + n_parts - 1) // n_parts
+    for h in prange(n_chunks):
+        raised = False  # a floor rose: the flags of the round's remaining hits are stale
+        for part in range(n_parts):
+            r_lo, r_hi = s0 + part * per, min(s0 + (part + 1) * per, s1)
+            start = 0
+            for t0 in range(r_lo, r_hi, TILE_ROWS):
+                end = ends[part, h, (t0 - r_lo) // TILE_ROWS]
+                raised = _append_hits(hits[part, h, start:end], h * chunk_groups * LANES,
+                                      row0 + t0, k, seed, epoch, fv, fk, buf, cnt, epoch_pos,
+                                      invalid, raised)
+                start = end
 
 
 @njit
-def _append_hits(hits, n, c_base, row_base, k, seed, epoch, fv, fk, buf, cnt, epoch_pos,
-                 invalid):
-    """Append a chunk's n packed hits (see `scan`) to their classes' buffers.
+def _append_hits(hits, c_base, row_base, k, seed, epoch, fv, fk, buf, cnt, epoch_pos,
+                 invalid, raised):
+    """Append a run of packed hits (see `scan`) to their classes' buffers; returns `raised`.
 
     A function of its own, so that the loop keeps its few variables in registers.
     """
     cap = np.uint64(buf.shape[1])  # uint64 like p: a mixed compare would go through float64
     flat = buf.reshape(-1)  # one index per entry: no 2-D address arithmetic per hit
     c_base_u, row_base_u = np.uint64(c_base), np.uint64(row_base)
-    raised = False  # a floor rose: the flags of the remaining hits are stale
-    for i in range(n):
+    for i in range(len(hits)):
         # unsigned arithmetic: numba adds no negative-index fix-ups to the indexing below
         x = np.uint64(hits[i])
         c = c_base_u + ((x >> _U_LANE_SHIFT) & _U_CLASS_MASK)
@@ -179,6 +231,7 @@ def _append_hits(hits, n, c_base, row_base, k, seed, epoch, fv, fk, buf, cnt, ep
         flat[at] = (v << _U_EPOCH_BITS) | (row & _U_ROW_MASK)
         prefetch_write(buf, c, p + _U_PREFETCH)  # a hint: past the row is harmless
         cnt[c] = p + np.uint64(1)
+    return raised
 
 
 @njit

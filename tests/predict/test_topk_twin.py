@@ -264,6 +264,29 @@ def test_plain_python_kernels_agree(tmp_path):
     assert np.array_equal(np.load(tmp_path / "sel.npy"), top_k(models, k=15, seed=4, block_rows=16))
 
 
+@pytest.mark.parametrize("threads", [1, 7])
+def test_any_thread_count_gives_the_same_selection(tmp_path, threads):
+    """The scan splits a round's rows among the threads, and the classes into at least one
+    chunk per thread: 1 thread (2 chunks of 16 groups) and 7 (7 row shares; 7 chunks of 5
+    groups, the last of 2) select what the twin does, with compactions and rescans."""
+    import os
+    import subprocess
+    import sys
+
+    rng = np.random.default_rng(22)
+    m = rng.integers(0, 40, (3000, 1000)).astype(np.uint16)
+    np.save(tmp_path / "m.npy", m)
+    code = (
+        "import numpy as np; from predict import topk as T\n"
+        "T.BUFFER_SLACK, T.FLOOR_SIGMAS, T.SAMPLE_ROWS = 0.0, 2.0, 300  # 123 compact, 2 rescan\n"
+        f"m = np.load({str(tmp_path / 'm.npy')!r})\n"
+        f"np.save({str(tmp_path / 'sel.npy')!r}, T.top_k([m], k=700, seed=3, block_rows=2500))\n"
+    )
+    env = dict(os.environ, NUMBA_NUM_THREADS=str(threads))
+    subprocess.run([sys.executable, "-c", code], env=env, check=True)
+    assert np.array_equal(np.load(tmp_path / "sel.npy"), twin_top_k([m], 700, seed=3)[0])
+
+
 @pytest.mark.skipif(not JIT_ENABLED, reason="60 million scores: minutes in plain Python")
 def test_memory_stays_below_the_matrices(tmp_path):
     """top_k streams memory maps: its allocations stay far below the matrices' size."""
