@@ -35,11 +35,11 @@ ROW_MASK = EPOCH_ROWS - 1
 KEY_SHIFT = 50  # composite key: score (14 bits) above a 50-bit tie key
 NOT_STARTED = np.iinfo(np.int64).max  # epoch_pos of an epoch not reached yet
 TILE_ROWS = 256  # rows per tile: a tile's hits of one chunk are appended together
-CHUNK_GROUPS = 16  # at most 16 32-class groups per chunk: the chunk's appends stay in L1
+CHUNK_GROUPS = 4  # at most 4 groups (128 classes) per chunk: their write fronts, ~24 KB, stay in L1
 TILE_TAG_SHIFT = 4  # hit tag = row-in-tile << 4 | group-in-chunk
 PREFETCH_AHEAD = 32  # entries: the class's write front two cache lines ahead
 SUB_ROWS = 1024  # rows per compress-then-append round of `scan` (its scratch: SUB_ROWS × C hits)
-assert CHUNK_GROUPS == 1 << TILE_TAG_SHIFT and TILE_ROWS << TILE_TAG_SHIFT <= 1 << TAG_BITS
+assert CHUNK_GROUPS <= 1 << TILE_TAG_SHIFT and TILE_ROWS << TILE_TAG_SHIFT <= 1 << TAG_BITS
 
 # the hit loop's fields, in uint64 (see _append_hits): lane and group-in-chunk side by
 # side above the score make the class's offset in its chunk; the row-in-tile above them

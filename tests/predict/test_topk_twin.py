@@ -264,11 +264,11 @@ def test_plain_python_kernels_agree(tmp_path):
     assert np.array_equal(np.load(tmp_path / "sel.npy"), top_k(models, k=15, seed=4, block_rows=16))
 
 
-@pytest.mark.parametrize("threads", [1, 7])
+@pytest.mark.parametrize("threads", [1, 11])
 def test_any_thread_count_gives_the_same_selection(tmp_path, threads):
     """The scan splits a round's rows among the threads, and the classes into at least one
-    chunk per thread: 1 thread (2 chunks of 16 groups) and 7 (7 row shares; 7 chunks of 5
-    groups, the last of 2) select what the twin does, with compactions and rescans."""
+    chunk per thread: 1 thread (8 chunks of 4 groups) and 11 (11 row shares; 11 chunks of
+    3 groups, the last of 2) select what the twin does, with compactions and rescans."""
     import os
     import subprocess
     import sys
