@@ -41,8 +41,8 @@ from predict.topk_kernels import (
     EPOCH_BITS,
     EPOCH_ROWS,
     N_BUCKETS,
-    QUANT_SCALE,
     _next_epoch,
+    bucket_offsets,
     tie_key,
 )
 
@@ -67,12 +67,7 @@ def _former_finish_class(c, p, k, seed, buf, epoch_pos, hist, entries, tie_rows,
     hist[:] = 0
     for i in range(p):
         hist[entries[i] >> EPOCH_BITS] += 1
-    above, t = 0, QUANT_SCALE
-    while t > 0 and above + hist[t] < k:
-        h = hist[t]
-        hist[t] = above  # first output slot of bucket t
-        above += h
-        t -= 1
+    t, above = bucket_offsets(hist, k)
     flat = buf.reshape(-1)  # unsigned indices into it: no negative-index fix-ups per entry
     base, tu = np.uint64(c) * np.uint64(buf.shape[1]), np.uint64(t)
     j, e, nxt = 0, 0, epoch_pos[c, 1]

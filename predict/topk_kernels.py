@@ -302,6 +302,20 @@ def finish(k, seed, buf, cnt, epoch_pos, n_parts):
                           tie_keys)
 
 
+@njit(inline="always")
+def bucket_offsets(hist, k):
+    """(t, above): the boundary bucket t, the highest score whose bucket, with all above
+    it, holds k entries, and `above` = the entries above t; hist[t + 1:] becomes each
+    bucket's first output slot (best first)."""
+    above, t = 0, QUANT_SCALE
+    while t > 0 and above + hist[t] < k:
+        h = hist[t]
+        hist[t] = above
+        above += h
+        t -= 1
+    return t, above
+
+
 @njit
 def _finish_class(c, p, k, seed, out, epoch_pos, hist, entries, tie_rows, tie_keys):
     """`finish` for class c, whose p entries are out[:p] (out: buf[c]; scratch: the rest).
@@ -315,12 +329,7 @@ def _finish_class(c, p, k, seed, out, epoch_pos, hist, entries, tie_rows, tie_ke
     hist[:] = 0
     for i in range(p):
         hist[entries[i] >> EPOCH_BITS] += np.uint32(1)
-    above, t = 0, QUANT_SCALE
-    while t > 0 and above + hist[t] < k:
-        h = hist[t]
-        hist[t] = above  # first output slot of bucket t
-        above += h
-        t -= 1
+    t, above = bucket_offsets(hist, k)
     trash, tu = np.uint32(N_BUCKETS), np.uint32(t)
     hist[trash] = out.shape[0] - 1
     j, e, i0 = 0, 0, 0
