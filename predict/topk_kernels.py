@@ -154,18 +154,30 @@ def scan(vals, row0, epoch, fv, fk, seed, k, buf, cnt, epoch_pos, invalid, hits,
                       hits, ends)
 
 
+@njit(inline="always")
+def _groups(n_cls, n_chunks):
+    """(groups of LANES classes, groups per chunk) of n_cls classes in n_chunks chunks."""
+    n_groups = (n_cls + LANES - 1) // LANES
+    return n_groups, (n_groups + n_chunks - 1) // n_chunks
+
+
+@njit(inline="always")
+def _share(s0, s1, n_parts, part):
+    """The rows [lo, hi) of rows [s0, s1) that `part` of n_parts compresses."""
+    per = (s1 - s0 + n_parts - 1) // n_parts
+    return s0 + part * per, min(s0 + (part + 1) * per, s1)
+
+
 @njit(parallel=True)
 def _compress_round(vals, s0, s1, fv, hits, ends):
     """Phase 1 of a round: rows [s0, s1) split among n_parts; hits[part, chunk] packed per
     tile, ends[part, chunk, tile] = where each tile's run ends."""
     n_cls = vals.shape[1]
     n_parts, n_chunks = hits.shape[0], hits.shape[1]
-    n_groups = (n_cls + LANES - 1) // LANES
-    chunk_groups = (n_groups + n_chunks - 1) // n_chunks
-    per = (s1 - s0 + n_parts - 1) // n_parts
+    n_groups, chunk_groups = _groups(n_cls, n_chunks)
     for part in prange(n_parts):
         ns = np.zeros(n_chunks, np.int64)
-        r_lo, r_hi = s0 + part * per, min(s0 + (part + 1) * per, s1)
+        r_lo, r_hi = _share(s0, s1, n_parts, part)
         for t0 in range(r_lo, r_hi, TILE_ROWS):
             for r in range(t0, min(t0 + TILE_ROWS, r_hi)):
                 for h in range(n_chunks):
@@ -183,14 +195,12 @@ def _compress_round(vals, s0, s1, fv, hits, ends):
 def _append_round(s0, s1, row0, k, seed, epoch, fv, fk, buf, cnt, epoch_pos, invalid, hits,
                   ends):
     """Phase 2 of a round: per class chunk (parallel), its runs in row order."""
-    n_cls = buf.shape[0]
     n_parts, n_chunks = hits.shape[0], hits.shape[1]
-    chunk_groups = ((n_cls + LANES - 1) // LANES + n_chunks - 1) // n_chunks
-    per = (s1 - s0 + n_parts - 1) // n_parts
+    chunk_groups = _groups(buf.shape[0], n_chunks)[1]
     for h in prange(n_chunks):
         raised = False  # a floor rose: the flags of the round's remaining hits are stale
         for part in range(n_parts):
-            r_lo, r_hi = s0 + part * per, min(s0 + (part + 1) * per, s1)
+            r_lo, r_hi = _share(s0, s1, n_parts, part)
             start = 0
             for t0 in range(r_lo, r_hi, TILE_ROWS):
                 end = ends[part, h, (t0 - r_lo) // TILE_ROWS]
