@@ -5,18 +5,13 @@ import numpy as np
 from ingest.decode import ShardDecoder
 from ingest.encode import encode_video
 from ingest.tfrecord import write_tfrecord
-from ingest.video import Video
-
-
-def _videos(n, rng):
-    return [Video(f"v{i}", np.array([3, 7]), rng.integers(0, 256, (k, 1024), dtype=np.uint8),
-                  rng.integers(0, 256, (k, 128), dtype=np.uint8))
-            for i, k in enumerate(rng.integers(1, 40, n))]
+from tests.ingest.videos import random_video
 
 
 def test_source_crc_equals_crc_of_file_bytes_for_any_chunking(tmp_path):
     path = tmp_path / "s.tfrecord"
-    write_tfrecord(path, [encode_video(v) for v in _videos(30, np.random.default_rng(0))])
+    rng = np.random.default_rng(0)
+    write_tfrecord(path, [encode_video(random_video(rng, i)) for i in range(30)])
     expected = f"{google_crc32c.value(path.read_bytes()):08x}"
     dec = ShardDecoder()
     for chunk_bytes in (1 << 12, 1 << 16, 1 << 30):

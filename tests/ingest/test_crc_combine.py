@@ -5,7 +5,7 @@ import numpy as np
 from ingest.crc_combine import combine, fold_records, update_bytes
 from ingest.encode import encode_video
 from ingest.tfrecord import scan_records, write_tfrecord
-from ingest.video import Video
+from tests.ingest.videos import random_video
 
 
 def test_combine_and_update_against_google_crc32c_on_random_bytes():
@@ -24,10 +24,7 @@ def test_combine_and_update_against_google_crc32c_on_random_bytes():
 def test_fold_records_gives_the_whole_file_crc(tmp_path):
     rng = np.random.default_rng(1)
     path = tmp_path / "s.tfrecord"
-    write_tfrecord(path, [encode_video(Video(f"v{i}", np.array([1]),
-                                             rng.integers(0, 256, (k, 1024), dtype=np.uint8),
-                                             rng.integers(0, 256, (k, 128), dtype=np.uint8)))
-                          for i, k in enumerate(rng.integers(0, 30, 25))])
+    write_tfrecord(path, [encode_video(random_video(rng, i)) for i in range(25)])
     raw = path.read_bytes()
     buf = np.frombuffer(raw, np.uint8)
     spans = scan_records(buf, len(raw), path=str(path), file_offset=0, first_record=0,
@@ -48,10 +45,7 @@ def test_source_crc_of_a_file_with_a_skipped_corrupt_record(tmp_path):
 
     rng = np.random.default_rng(2)
     path = tmp_path / "s.tfrecord"
-    write_tfrecord(path, [encode_video(Video(f"v{i}", np.array([1]),
-                                             rng.integers(0, 256, (5, 1024), dtype=np.uint8),
-                                             rng.integers(0, 256, (5, 128), dtype=np.uint8)))
-                          for i in range(6)])
+    write_tfrecord(path, [encode_video(random_video(rng, i, n_frames=5)) for i in range(6)])
     raw = bytearray(path.read_bytes())
     spans = scan_records(np.frombuffer(bytes(raw), np.uint8), len(raw), path=str(path),
                          file_offset=0, first_record=0, file_size=len(raw))
