@@ -13,12 +13,13 @@ the median of the per-repeat finish ratios (project / former).
 
 `--read-splits` also reads the whole matrix with two threads (XOR of its 8-byte
 words) split two ways: each thread a half of the rows, or each thread a half of
-every row (the scan's split by classes before 2026-11-26).
+every row (the scan's split by classes before 2026-11-26); and times the scan with
+every class switched off (floor 0xFFFF: nothing is appended), which is its
+compress phase alone.
 """
 from __future__ import annotations
 
 import argparse
-import math
 import statistics
 import sys
 import time
@@ -26,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 from numba import prange
+from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_topk import DATA, generate, read_pass
@@ -107,8 +109,8 @@ def xor_read(words, by_rows):
 
 def read_splits(model, repeats: int) -> None:
     """Median seconds of reading the matrix split by rows and split within rows."""
-    words = model.reshape(-1).view(np.uint64)
-    words = words[: len(words) // 250 * 250].reshape(-1, 250)  # 2000-byte rows
+    per_row = model.shape[1] * model.itemsize // 8  # whole 8-byte words of a row
+    words = model.reshape(-1).view(np.uint64)[: len(model) * per_row].reshape(-1, per_row)
     times = {True: [], False: []}
     xor_read(words[:8], True)
     for _ in range(repeats):
@@ -121,20 +123,37 @@ def read_splits(model, repeats: int) -> None:
           f"{cols:.3f} s ({cols / rows:.2f}x)")
 
 
+def scan_nothing(model, k: int, repeats: int) -> None:
+    """Median seconds of the scan with every class switched off: the compress phase."""
+    n, n_cls = model.shape
+    off_v = np.full(n_cls, T.UNSET_FLOOR, np.uint16)
+    off_k = np.full(n_cls, np.iinfo(np.uint64).max, np.uint64)
+    buf = np.empty((n_cls, T.capacity(k)), np.uint32)
+    times = []
+    for _ in range(repeats):
+        state = T._ScanState(n, n_cls)
+        t0 = time.perf_counter()
+        T._scan_all([model], T.BLOCK_ROWS, state, np.ones(n_cls, bool), off_v, off_k, 0, k,
+                    buf, tqdm(disable=True))
+        times.append(time.perf_counter() - t0)
+        assert not state.cnt.any()
+    print(f"scan appending nothing (its compress phase): {statistics.median(times):.3f} s")
+
+
 def stages(model, k: int, scanned: np.ndarray, seed: int = 0) -> tuple[dict, T._ScanState]:
     """One top_k of one model, stage by stage → (seconds per stage, scan state); the
     buffers as scanned are copied into `scanned` (allocated once: this VM's first touch
     of fresh memory is slow and erratic, and only the buffers' own touch is top_k's)."""
     t = [time.perf_counter()]
     n, n_cls = model.shape
-    buf = np.empty((n_cls, k + max(math.ceil(k * T.BUFFER_SLACK), K.TILE_ROWS)), np.uint32)
+    buf = np.empty((n_cls, T.capacity(k)), np.uint32)
     prefault(model)
     t.append(time.perf_counter())
     fv, fk = T.starting_floors([model], k, seed)
     t.append(time.perf_counter())
     state = T._ScanState(n, n_cls)
     T._scan_all([model], T.BLOCK_ROWS, state, np.ones(n_cls, bool), fv, fk, seed, k, buf,
-                _NoBar())
+                tqdm(disable=True))
     t.append(time.perf_counter())
     scanned[:] = buf
     t.append(time.perf_counter())
@@ -144,18 +163,14 @@ def stages(model, k: int, scanned: np.ndarray, seed: int = 0) -> tuple[dict, T._
     return {"prefault": d[0], "floors": d[1], "scan": d[2], "finish": d[4]}, state
 
 
-class _NoBar:
-    def update(self, n: int) -> None:
-        pass
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--k", type=int, default=100_000)
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--read-splits", action="store_true",
-                    help="also time a plain read of the matrix split by rows and within rows")
+                    help="also time a plain read of the matrix split by rows and within "
+                         "rows, and the scan appending nothing")
     a = ap.parse_args()
     DATA.mkdir(parents=True, exist_ok=True)
     path = DATA / f"m{a.rows}_0.npy"
@@ -167,8 +182,9 @@ def main() -> None:
     model = open_ensemble([path])[0].scores
     if a.read_splits:
         read_splits(model, a.repeats)
+        scan_nothing(model, a.k, a.repeats)
     runs, ratios = [], []
-    shape = (model.shape[1], a.k + max(math.ceil(a.k * T.BUFFER_SLACK), K.TILE_ROWS))
+    shape = (model.shape[1], T.capacity(a.k))
     scanned, want = np.ones(shape, np.uint32), np.ones(shape, np.uint32)
     for i in range(a.repeats):
         warm_guest_memory(2.0)

@@ -62,8 +62,7 @@ def top_k(models, k: int = DEFAULT_K, seed: int = 0, block_rows: int = BLOCK_ROW
     """
     n, n_cls = _check(models, k)
     k = min(k, n)
-    cap = k + max(math.ceil(k * BUFFER_SLACK), K.TILE_ROWS)
-    buf = np.empty((n_cls, cap), np.uint32)
+    buf = np.empty((n_cls, capacity(k)), np.uint32)
     for m in models:  # map the files' pages in one call each, not a fault per 64 KB
         prefault(m)
     fv, fk = starting_floors(models, k, seed)
@@ -83,6 +82,11 @@ def top_k(models, k: int = DEFAULT_K, seed: int = 0, block_rows: int = BLOCK_ROW
     assert (state.cnt >= k).all(), "a class has fewer than k candidates"
     K.finish(k, seed, buf, state.cnt, state.epoch_pos, _n_parts())
     return buf[:, :k].view(np.int32)
+
+
+def capacity(k: int) -> int:
+    """Entries a class's candidate buffer holds: k plus BUFFER_SLACK (at least a tile)."""
+    return k + max(math.ceil(k * BUFFER_SLACK), K.TILE_ROWS)
 
 
 def _n_parts() -> int:
