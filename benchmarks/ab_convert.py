@@ -27,7 +27,7 @@ def main() -> None:
     ap.add_argument("--pairs", type=int, default=8)
     ap.add_argument("--tmpfs-dir", default="/dev/shm")
     a = ap.parse_args()
-    shards = make_shards(8, 405)
+    shards = make_shards()
     store = Path(a.tmpfs_dir) / "yt8m-ab-convert"
 
     def measure(env: dict) -> float:

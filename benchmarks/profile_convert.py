@@ -29,7 +29,7 @@ def main() -> None:
     ap.add_argument("--top", type=int, default=15)
     ap.add_argument("--tmpfs-dir", default="/dev/shm")
     a = ap.parse_args()
-    cfg = ConvertConfig(tuple(str(p) for p in make_shards(8, 405)),
+    cfg = ConvertConfig(tuple(str(p) for p in make_shards()),
                         str(Path(a.tmpfs_dir) / "yt8m-profile-convert"), progress=False)
     try:
         convert(cfg)  # untimed: kernels loaded, buffers touched
