@@ -264,8 +264,11 @@ def test_plain_python_kernels_agree(tmp_path):
     assert np.array_equal(np.load(tmp_path / "sel.npy"), top_k(models, k=15, seed=4, block_rows=16))
 
 
+LOOSE_FLOORS = {"BUFFER_SLACK": 0.0, "FLOOR_SIGMAS": 2.0, "SAMPLE_ROWS": 300}
+
+
 @pytest.mark.parametrize("threads", [1, 11])
-def test_any_thread_count_gives_the_same_selection(tmp_path, threads):
+def test_any_thread_count_gives_the_same_selection(tmp_path, threads, monkeypatch):
     """The scan splits a round's rows among the threads, and the classes into at least one
     chunk per thread: 1 thread (8 chunks of 4 groups) and 11 (11 row shares; 11 chunks of
     3 groups, the last of 2) select what the twin does, with compactions and rescans."""
@@ -275,16 +278,25 @@ def test_any_thread_count_gives_the_same_selection(tmp_path, threads):
 
     rng = np.random.default_rng(22)
     m = rng.integers(0, 40, (3000, 1000)).astype(np.uint16)
+    k, seed = 700, 3
     np.save(tmp_path / "m.npy", m)
+    # these loose floors make some classes overflow their buffers (compaction) and
+    # leave others with fewer than k candidates (rescan)
+    for name, value in LOOSE_FLOORS.items():
+        monkeypatch.setattr(T, name, value)
+    _, fk = T.starting_floors([m], k, seed)
+    reach = np.array([((m[:, c].astype(U64) << U64(50)) | twin_tie_key(seed, c, np.arange(3000))
+                       >= fk[c]).sum() for c in range(1000)])
+    assert (reach > T.capacity(k)).sum() > 50 and (reach < k).sum() > 0
     code = (
         "import numpy as np; from predict import topk as T\n"
-        "T.BUFFER_SLACK, T.FLOOR_SIGMAS, T.SAMPLE_ROWS = 0.0, 2.0, 300  # 123 compact, 2 rescan\n"
+        f"for name, value in {LOOSE_FLOORS!r}.items(): setattr(T, name, value)\n"
         f"m = np.load({str(tmp_path / 'm.npy')!r})\n"
-        f"np.save({str(tmp_path / 'sel.npy')!r}, T.top_k([m], k=700, seed=3, block_rows=2500))\n"
+        f"np.save({str(tmp_path / 'sel.npy')!r}, T.top_k([m], k={k}, seed={seed}, block_rows=2500))\n"
     )
     env = dict(os.environ, NUMBA_NUM_THREADS=str(threads))
     subprocess.run([sys.executable, "-c", code], env=env, check=True)
-    assert np.array_equal(np.load(tmp_path / "sel.npy"), twin_top_k([m], 700, seed=3)[0])
+    assert np.array_equal(np.load(tmp_path / "sel.npy"), twin_top_k([m], k, seed)[0])
 
 
 @pytest.mark.skipif(not JIT_ENABLED, reason="60 million scores: minutes in plain Python")
