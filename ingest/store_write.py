@@ -29,7 +29,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ingest import segments as seg
-from ingest.store import TABLES, file_checksum, shard_file
+from ingest.store import file_checksum, shard_file
 from ingest.video import AUDIO_BYTES, FRAME_BYTES, RGB_BYTES, DecodedShard
 from ingest.vocab import to_class_index
 
@@ -161,8 +161,38 @@ class ShardedArrayWriter:
             self.file = None
 
 
+class _Columns:
+    """Columns of one table gathered chunk by chunk as numpy pieces (copies: a chunk's
+    arrays are views into the decoder's reused buffers) and joined once, at close."""
+
+    def __init__(self) -> None:
+        self.pieces: dict[str, list[np.ndarray]] = {}
+        self.ids: list[str] = []  # video ids (tables with one row per video)
+
+    def add(self, **cols: np.ndarray) -> None:
+        for name, col in cols.items():
+            self.pieces.setdefault(name, []).append(np.array(col))
+
+    def get(self, name: str, dtype) -> np.ndarray:
+        parts = self.pieces.get(name)
+        if not parts:
+            return np.zeros(0, dtype)
+        return np.concatenate(parts).astype(dtype, copy=False)
+
+    def rows(self, name: str, width: int, dtype) -> np.ndarray:
+        """(n, width) rows of a per-video fixed-width column."""
+        parts = self.pieces.get(name)
+        return np.concatenate(parts).astype(dtype, copy=False) if parts else np.zeros((0, width), dtype)
+
+
 class PartWriter:
-    """Write one part (one source shard) into directory `path` from decoded chunks."""
+    """Write one part (one source shard) into directory `path` from decoded chunks.
+
+    Per chunk only the bulk work happens: frames and windows go to their Zarr shard
+    files, negatives are mined; the per-row columns are kept as numpy pieces and the
+    Parquet tables are built once, at `close()` (building Arrow tables chunk by chunk
+    cost about a tenth of a conversion, docs/store.md).
+    """
 
     def __init__(self, path: Path, part: str, source: str):
         self.path, self.part, self.source = Path(path), part, os.path.basename(source)
@@ -172,10 +202,10 @@ class PartWriter:
         self.windows = ShardedArrayWriter(self.path / "windows.zarr",
                                           (seg.WINDOW_FRAMES, FRAME_BYTES),
                                           WINDOW_CHUNK_ROWS, WINDOW_SHARD_ROWS)
-        self.tables = {name: [] for name in TABLES}
+        self.videos, self.video_level, self.segments = _Columns(), _Columns(), _Columns()
         self.negatives: list[np.ndarray] = []
         self.skipped: list[dict] = []
-        self.n_videos = self.n_frame_videos = self.n_records = 0
+        self.n_records = 0
 
     # ------------------------------------------------------------ per chunk
     def add(self, chunk: DecodedShard) -> None:
@@ -187,10 +217,10 @@ class PartWriter:
             return
         records = self._record_numbers(v)
         if chunk.kind == "video":
-            self._add_video_level(chunk, records)
+            self._add_common(self.video_level, chunk, records)
+            self.video_level.add(mean_rgb=chunk.mean_rgb, mean_audio=chunk.mean_audio)
         else:
             self._add_frame_level(chunk, records)
-        self.n_videos += v
 
     def _record_numbers(self, v: int) -> np.ndarray:
         """Record numbers of the next v videos: consecutive, jumping over skipped records."""
@@ -205,58 +235,28 @@ class PartWriter:
         self.n_records = r
         return out
 
-    def _labels(self, chunk: DecodedShard):
-        lab = pa.ListArray.from_arrays(pa.array(chunk.label_offsets.astype(np.int32)),
-                                       pa.array(chunk.labels.astype(np.int32)))
-        cls = to_class_index(chunk.labels)
-        keep = cls >= 0
-        video = np.repeat(np.arange(chunk.n_videos), np.diff(chunk.label_offsets))
-        cls_off = np.searchsorted(video[keep], np.arange(chunk.n_videos + 1)).astype(np.int32)
-        classes = pa.ListArray.from_arrays(pa.array(cls_off), pa.array(cls[keep]))
-        return lab, classes
-
-    def _common(self, chunk: DecodedShard, records: np.ndarray, first: int) -> dict:
-        v = chunk.n_videos
-        lab, classes = self._labels(chunk)
-        return {
-            "video_index": pa.array(np.arange(first, first + v, dtype=np.int32)),
-            "video_id": pa.array(chunk.ids, pa.string()),
-            "labels": lab, "class_indices": classes,
-            "has_labels": _owned(chunk.has_labels, bool),
-            "part": pa.array([self.part] * v, pa.string()),
-            "source": pa.array([self.source] * v, pa.string()),
-            "record": pa.array(records),
-            "record_offset": _owned(chunk.record_offsets, np.int64),
-            "fold": pa.array(np.full(v, self.fold, np.int8)),
-        }
-
-    def _add_video_level(self, chunk: DecodedShard, records: np.ndarray) -> None:
-        first = sum(len(t) for t in self.tables["video_level"])
-        cols = self._common(chunk, records, first)
-        for name, width in (("mean_rgb", RGB_BYTES), ("mean_audio", AUDIO_BYTES)):
-            flat = _owned(np.ravel(getattr(chunk, name)), np.float32)
-            cols[name] = pa.FixedSizeListArray.from_arrays(flat, width)
-        self.tables["video_level"].append(pa.table(cols))
+    @staticmethod
+    def _add_common(cols: _Columns, chunk: DecodedShard, records: np.ndarray) -> None:
+        cols.ids.extend(chunk.ids)
+        cols.add(label_count=np.diff(chunk.label_offsets), labels=chunk.labels,
+                 has_labels=chunk.has_labels, record=records,
+                 record_offset=chunk.record_offsets)
 
     def _add_frame_level(self, chunk: DecodedShard, records: np.ndarray) -> None:
-        first = self.n_frame_videos
-        v = chunk.n_videos
+        first = len(self.videos.ids)
         fo = np.asarray(chunk.frame_offsets, np.int64)
-        n_frames = np.diff(fo)
-        cols = self._common(chunk, records, first)
-        cols["frame_offset"] = pa.array(fo[:-1] + self.frames.rows_written)
-        cols["n_frames"] = pa.array(n_frames.astype(np.int32))
         so = np.asarray(chunk.segment_offsets, np.int64)
-        cols["n_rated"] = pa.array(np.diff(so).astype(np.int32))
-        self.tables["videos"].append(pa.table(cols))
+        n_frames = np.diff(fo)
+        self._add_common(self.videos, chunk, records)
+        self.videos.add(frame_offset=fo[:-1] + self.frames.rows_written, n_frames=n_frames,
+                        n_rated=np.diff(so))
         self.negatives.append(seg.negatives(chunk.label_offsets, chunk.labels, so,
                                             chunk.segment_labels, chunk.has_labels).copy())
         self._add_segments(chunk, first, fo, n_frames, so)
-        self._add_candidates(chunk, first, n_frames)
         self.frames.append(chunk.frames[: fo[-1]])
-        self.n_frame_videos += v
 
     def _add_segments(self, chunk, first, fo, n_frames, so) -> None:
+        """Gather and append the chunk's rated windows; keep their columns."""
         s = int(so[-1])
         if s == 0:
             return
@@ -264,40 +264,12 @@ class PartWriter:
         starts = np.asarray(chunk.segment_start_times[:s], np.int64)
         nf = n_frames[video]
         lo, hi, pl, pr = seg.window_spans(starts, nf)
-        win = seg.gather_windows(chunk.frames, fo[video], lo, hi, pl,
-                                 out=_buffer_windows(s))
-        window_first = self.windows.rows_written
-        self.windows.append(win)
-        ids = np.asarray(chunk.ids, object)[video]
-        labels = np.asarray(chunk.segment_labels[:s], np.int64)
-        self.tables["segments"].append(pa.table({
-            "video_index": pa.array((video + first).astype(np.int32)),
-            "video_id": pa.array(ids, pa.string()),
-            "start_time": pa.array(starts.astype(np.int32)),
-            "end_time": pa.array(np.asarray(chunk.segment_end_times[:s]).astype(np.int32)),
-            "label": pa.array(labels.astype(np.int32)),
-            "class_index": pa.array(to_class_index(labels)),
-            "score": _owned(chunk.segment_scores[:s], np.float32),
-            "window_index": pa.array(np.arange(window_first, window_first + s, dtype=np.int32)),
-            "window_lo": pa.array(lo), "window_hi": pa.array(hi),
-            "pad_left": pa.array(pl.astype(np.int8)), "pad_right": pa.array(pr.astype(np.int8)),
-            "outside_video": pa.array(seg.outside_video(starts, nf)),
-        }))
-
-    def _add_candidates(self, chunk, first, n_frames) -> None:
-        video, index = seg.candidates(n_frames)
-        if len(video) == 0:
-            return
-        starts = index.astype(np.int64) * seg.SEGMENT_FRAMES
-        lo, hi, pl, pr = seg.window_spans(starts, n_frames[video])
-        self.tables["candidates"].append(pa.table({
-            "video_index": pa.array(video + np.int32(first)),
-            "video_id": pa.array(np.asarray(chunk.ids, object)[video], pa.string()),
-            "segment_index": pa.array(index.astype(np.int16)),
-            "start_time": pa.array(starts.astype(np.int32)),
-            "window_lo": pa.array(lo), "window_hi": pa.array(hi),
-            "pad_left": pa.array(pl.astype(np.int8)), "pad_right": pa.array(pr.astype(np.int8)),
-        }))
+        self.windows.append(seg.gather_windows(chunk.frames, fo[video], lo, hi, pl,
+                                               out=_buffer_windows(s)))
+        self.segments.add(video=video + first, start=starts, end=chunk.segment_end_times[:s],
+                          label=chunk.segment_labels[:s], score=chunk.segment_scores[:s],
+                          lo=lo, hi=hi, pad_left=pl, pad_right=pr,
+                          outside=seg.outside_video(starts, nf))
 
     # ------------------------------------------------------------ finish
     def abort(self) -> None:
@@ -309,25 +281,102 @@ class PartWriter:
         """Write the tables and array metadata; returns the part's counts."""
         n_frames = self.frames.close()
         n_windows = self.windows.close()
-        tables = {name: _concat(parts, SCHEMAS[name]) for name, parts in self.tables.items()}
+        video_ids = pa.array(self.videos.ids, pa.string())
+        tables = {"videos": self._videos_table(video_ids),
+                  "video_level": self._video_level_table(),
+                  "segments": self._segments_table(video_ids),
+                  "candidates": self._candidates_table(video_ids)}
         for name, table in tables.items():
-            pq.write_table(table, self.path / f"{name}.parquet")
+            _write_table(table.cast(SCHEMAS[name]), self.path / f"{name}.parquet")
         neg = (np.concatenate(self.negatives) if self.negatives
                else np.zeros((0, seg.NEGATIVE_BYTES), np.uint8))
         np.save(self.path / "negatives.npy", neg)
-        segs = tables["segments"]
+        segs = self.segments
+        classes = to_class_index(segs.get("label", np.int64))
         self.files = _file_crcs(self.path, [self.frames, self.windows])
         return dict(zip(COUNT_KEYS, (
-            tables["videos"].num_rows,
-            tables["video_level"].num_rows,
+            len(self.videos.ids),
+            len(self.video_level.ids),
             n_frames,
             n_windows,
-            int(np.sum(np.asarray(segs["score"]) > 0)),
-            int(np.sum(np.asarray(segs["outside_video"]))),
-            int(np.sum(np.asarray(segs["class_index"]) < 0)),
+            int(np.sum(segs.get("score", np.float32) > 0)),
+            int(np.sum(segs.get("outside", bool))),
+            int(np.sum(classes < 0)),
             tables["candidates"].num_rows,
             len(self.skipped),
         ), strict=True))
+
+    def _common(self, cols: _Columns, ids: pa.Array) -> dict:
+        """Columns shared by videos.parquet and video_level.parquet."""
+        v = len(ids)
+        label_off = _offsets(cols.get("label_count", np.int64))
+        labels = cols.get("labels", np.int64)
+        cls = to_class_index(labels)
+        keep = cls >= 0
+        cls_off = _offsets(keep)[label_off]  # kept labels before each video's first
+        return {
+            "video_index": pa.array(np.arange(v, dtype=np.int32)),
+            "video_id": ids,
+            "labels": pa.ListArray.from_arrays(pa.array(label_off.astype(np.int32)),
+                                               pa.array(labels.astype(np.int32))),
+            "class_indices": pa.ListArray.from_arrays(pa.array(cls_off.astype(np.int32)),
+                                                      pa.array(cls[keep])),
+            "has_labels": pa.array(cols.get("has_labels", bool)),
+            "part": pa.array([self.part] * v, pa.string()),
+            "source": pa.array([self.source] * v, pa.string()),
+            "record": pa.array(cols.get("record", np.int32)),
+            "record_offset": pa.array(cols.get("record_offset", np.int64)),
+            "fold": pa.array(np.full(v, self.fold, np.int8)),
+        }
+
+    def _videos_table(self, ids: pa.Array) -> pa.Table:
+        cols = self._common(self.videos, ids)
+        cols["frame_offset"] = pa.array(self.videos.get("frame_offset", np.int64))
+        cols["n_frames"] = pa.array(self.videos.get("n_frames", np.int32))
+        cols["n_rated"] = pa.array(self.videos.get("n_rated", np.int32))
+        return pa.table(cols)
+
+    def _video_level_table(self) -> pa.Table:
+        vl = self.video_level
+        cols = self._common(vl, pa.array(vl.ids, pa.string()))
+        for name, width in (("mean_rgb", RGB_BYTES), ("mean_audio", AUDIO_BYTES)):
+            flat = np.ravel(vl.rows(name, width, np.float32))
+            cols[name] = pa.FixedSizeListArray.from_arrays(pa.array(flat), width)
+        return pa.table(cols)
+
+    def _segments_table(self, ids: pa.Array) -> pa.Table:
+        s = self.segments
+        video = s.get("video", np.int32)
+        labels = s.get("label", np.int64)
+        return pa.table({
+            "video_index": pa.array(video),
+            "video_id": ids.take(pa.array(video)),
+            "start_time": pa.array(s.get("start", np.int32)),
+            "end_time": pa.array(s.get("end", np.int32)),
+            "label": pa.array(labels.astype(np.int32)),
+            "class_index": pa.array(to_class_index(labels)),
+            "score": pa.array(s.get("score", np.float32)),
+            "window_index": pa.array(np.arange(len(video), dtype=np.int32)),
+            "window_lo": pa.array(s.get("lo", np.int32)),
+            "window_hi": pa.array(s.get("hi", np.int32)),
+            "pad_left": pa.array(s.get("pad_left", np.int8)),
+            "pad_right": pa.array(s.get("pad_right", np.int8)),
+            "outside_video": pa.array(s.get("outside", bool)),
+        })
+
+    def _candidates_table(self, ids: pa.Array) -> pa.Table:
+        n_frames = self.videos.get("n_frames", np.int64)
+        video, index = seg.candidates(n_frames)
+        starts = index.astype(np.int64) * seg.SEGMENT_FRAMES
+        lo, hi, pl, pr = seg.window_spans(starts, n_frames[video])
+        return pa.table({
+            "video_index": pa.array(video),
+            "video_id": ids.take(pa.array(video)),
+            "segment_index": pa.array(index.astype(np.int16)),
+            "start_time": pa.array(starts.astype(np.int32)),
+            "window_lo": pa.array(lo), "window_hi": pa.array(hi),
+            "pad_left": pa.array(pl.astype(np.int8)), "pad_right": pa.array(pr.astype(np.int8)),
+        })
 
 
 def _file_crcs(path: Path, arrays: list[ShardedArrayWriter]) -> dict[str, str]:
@@ -344,15 +393,16 @@ def _file_crcs(path: Path, arrays: list[ShardedArrayWriter]) -> dict[str, str]:
     return dict(sorted(out.items()))
 
 
-def _owned(view, dtype) -> pa.Array:
-    """An Arrow column holding a copy of `view`.
+def _offsets(counts: np.ndarray) -> np.ndarray:
+    """(n+1,) int64 offsets of ragged rows with these (n,) lengths."""
+    return np.concatenate([[0], np.cumsum(counts, dtype=np.int64)]).astype(np.int64)
 
-    A chunk's arrays are views into the decoder's buffers, which the next chunk
-    overwrites, and pa.array() of a numeric numpy array shares its memory; so a
-    column taken from a chunk array as it is goes through here (columns computed
-    from one, by astype or arithmetic, are new arrays already).
-    """
-    return pa.array(np.array(view, dtype))
+
+def _write_table(table: pa.Table, path: Path) -> None:
+    """Parquet, dictionary encoding for the string columns only (ids repeat over segment
+    and candidate rows; on the integer columns it cost a third of the write time)."""
+    strings = [f.name for f in table.schema if pa.types.is_string(f.type)]
+    pq.write_table(table, path, use_dictionary=strings)
 
 
 def _buffer_windows(n: int) -> np.ndarray:
@@ -362,12 +412,6 @@ def _buffer_windows(n: int) -> np.ndarray:
         cur = _LOCAL.windows = np.empty((max(n, 2 * (0 if cur is None else len(cur)), 256),
                                          seg.WINDOW_FRAMES, FRAME_BYTES), np.uint8)
     return cur
-
-
-def _concat(parts: list, schema: pa.Schema) -> pa.Table:
-    if not parts:
-        return schema.empty_table()
-    return pa.concat_tables(parts).cast(schema)
 
 
 _COMMON = [
