@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ingest.errors import IngestError
 
-FORMAT_VERSION = 1  # bump when the layout or a table's columns change (docs/store.md)
+FORMAT_VERSION = 2  # bump when the layout or a table's columns change (docs/store.md)
 MANIFEST = "manifest.json"
 PARTS = "parts"
 TMP = ".tmp"

@@ -25,7 +25,6 @@ import threading
 from functools import cached_property
 from pathlib import Path
 
-import google_crc32c
 import numpy as np
 import polars as pl
 
@@ -61,16 +60,21 @@ def part_name(source: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", name) or "part"
 
 
+try:  # ISA-L's CRC-32 (python-isal): ~30 GB/s on this VM against google_crc32c's ~7
+    from isal.isal_zlib import crc32
+except ImportError:  # no wheel for the platform: zlib's, the same values, ~5 GB/s
+    from zlib import crc32
+
+
 def file_checksum(path) -> tuple[int, str]:
-    """(size in bytes, CRC-32C of the whole file as 8 hex digits), read in blocks into one
-    reused buffer."""
+    """(size in bytes, CRC-32 (zlib's polynomial) of the whole file as 8 hex digits), read
+    in blocks into one reused buffer. The store's file checksums are all this CRC; CRC-32C
+    is the TFRecord's and Zarr's own (record framing, shard index), docs/store.md."""
     crc, size = 0, 0
     buf = _read_buffer()
     with open(path, "rb") as f:
         while n := f.readinto(buf):
-            view = buf[:n].view()
-            view.flags.writeable = False  # google_crc32c reads read-only buffers only
-            crc = google_crc32c.extend(crc, view)
+            crc = crc32(buf[:n], crc)
             size += n
     return size, f"{crc:08x}"
 
@@ -345,7 +349,7 @@ def _verify_part(store: Path, entry: dict) -> list[str]:
     out += [f"{f}: not listed in the manifest" for f in sorted(files - listed)]
     for f in sorted(files & listed):
         if file_checksum(d / f)[1] != entry["files"][f]:
-            out.append(f"{f}: CRC-32C differs from the manifest")
+            out.append(f"{f}: CRC-32 differs from the manifest")
     if out:  # the files are not those converted: the checks below would only repeat that
         return out
     c = entry["counts"]

@@ -29,7 +29,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ingest import segments as seg
-from ingest.store import file_checksum, shard_file
+from ingest.store import crc32, file_checksum, shard_file
 from ingest.video import AUDIO_BYTES, FRAME_BYTES, RGB_BYTES, DecodedShard
 from ingest.vocab import to_class_index
 
@@ -77,7 +77,7 @@ class ShardedArrayWriter:
     """Append rows of shape `row_shape` (uint8) to a Zarr v3 sharded array, streaming.
 
     Rows go straight from the caller's array into the open shard file `c/<k>/0[/0]`
-    (no staging copy; the CRC-32C of the file is updated on the way). When a shard holds
+    (no staging copy; the file's CRC-32 is updated on the way). When a shard holds
     `shard_rows` rows, or at `close()`, its last inner chunk is zero padded, the index
     ((offset, nbytes) uint64 per inner chunk, absent ones all ones) and the index's
     CRC-32C are appended and the file is closed; `close()` writes `zarr.json`.
@@ -90,10 +90,10 @@ class ShardedArrayWriter:
         self.row_bytes = int(np.prod(self.row_shape))
         self.file = None  # the open shard file
         self.fill = 0  # rows in the open shard file
-        self.crc = 0  # CRC-32C of the open shard file so far
+        self.crc = 0  # CRC-32 of the open shard file so far (store.file_checksum's)
         self.n_rows = 0  # rows in closed shard files
         self.n_shards = 0
-        self.crcs: dict[str, int] = {}  # CRC-32C of each file written, by path below `path`
+        self.crcs: dict[str, int] = {}  # CRC-32 of each file written, by path below `path`
         self.path.mkdir(parents=True)
 
     @property
@@ -121,10 +121,8 @@ class ShardedArrayWriter:
         self.key, self.file, self.fill, self.crc = key, open(key, "wb"), 0, 0  # noqa: SIM115
 
     def _write(self, data: np.ndarray) -> None:
-        view = data.view()
-        view.flags.writeable = False  # google_crc32c reads read-only buffers only
-        self.file.write(view)
-        self.crc = google_crc32c.extend(self.crc, view)
+        self.file.write(data)
+        self.crc = crc32(data, self.crc)
 
     def _finish(self) -> None:
         """Pad the last inner chunk, append the index and its CRC, close the shard file."""
@@ -140,8 +138,7 @@ class ShardedArrayWriter:
         raw += google_crc32c.value(raw).to_bytes(4, "little")
         self.file.write(raw)
         self.file.close()
-        self.crcs[self.key.relative_to(self.path).as_posix()] = google_crc32c.extend(
-            self.crc, raw)
+        self.crcs[self.key.relative_to(self.path).as_posix()] = crc32(raw, self.crc)
         self.n_rows += self.fill
         self.n_shards += 1
         self.file, self.fill = None, 0
@@ -380,8 +377,8 @@ class PartWriter:
 
 
 def _file_crcs(path: Path, arrays: list[ShardedArrayWriter]) -> dict[str, str]:
-    """CRC-32C (8 hex digits) of every file of the part: array shards as written, the rest
-    (tables, metadata: small) read back."""
+    """CRC-32 (8 hex digits, `store.file_checksum`'s) of every file of the part: array
+    shards as written, the rest (tables, metadata: small) read back."""
     out = {}
     for arr in arrays:
         prefix = arr.path.relative_to(path).as_posix()

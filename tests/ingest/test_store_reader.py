@@ -1,12 +1,14 @@
 """The reader API: row arrays across Zarr shard files, tables, negatives, bad paths."""
 from __future__ import annotations
 
+import zlib
+
 import numpy as np
 import pytest
 import zarr
 
 from ingest import store_write
-from ingest.store import RowArray, StoreError, open_store
+from ingest.store import RowArray, StoreError, file_checksum, open_store
 from tests.ingest.test_convert_content import make_store, synth_shards
 
 
@@ -19,6 +21,10 @@ def test_sharded_writer_matches_zarr_and_rowarray(tmp_path, row_shape, chunk, sh
         w.append(piece)
     assert w.close() == 37
     np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "a.zarr"), mode="r")[:], data)
+    for rel, crc in w.crcs.items():  # CRC-32 kept while streaming = zlib's of the file
+        raw = (tmp_path / "a.zarr" / rel).read_bytes()
+        assert crc == zlib.crc32(raw), rel
+        assert file_checksum(tmp_path / "a.zarr" / rel) == (len(raw), f"{crc:08x}")
     ra = RowArray(tmp_path / "a.zarr")
     assert len(ra) == 37
     for a, b in [(0, 37), (5, 13), (7, 8), (30, 37), (12, 12)]:  # across shard files
