@@ -170,16 +170,12 @@ class _Columns:
         for name, col in cols.items():
             self.pieces.setdefault(name, []).append(np.array(col))
 
-    def get(self, name: str, dtype) -> np.ndarray:
+    def get(self, name: str, dtype, width: int | None = None) -> np.ndarray:
+        """The joined column: (n,), or (n, width) for a fixed-width one; empty if none."""
         parts = self.pieces.get(name)
         if not parts:
-            return np.zeros(0, dtype)
+            return np.zeros((0,) if width is None else (0, width), dtype)
         return np.concatenate(parts).astype(dtype, copy=False)
-
-    def rows(self, name: str, width: int, dtype) -> np.ndarray:
-        """(n, width) rows of a per-video fixed-width column."""
-        parts = self.pieces.get(name)
-        return np.concatenate(parts).astype(dtype, copy=False) if parts else np.zeros((0, width), dtype)
 
 
 class PartWriter:
@@ -337,7 +333,7 @@ class PartWriter:
         vl = self.video_level
         cols = self._common(vl, pa.array(vl.ids, pa.string()))
         for name, width in (("mean_rgb", RGB_BYTES), ("mean_audio", AUDIO_BYTES)):
-            flat = np.ravel(vl.rows(name, width, np.float32))
+            flat = np.ravel(vl.get(name, np.float32, width))
             cols[name] = pa.FixedSizeListArray.from_arrays(pa.array(flat), width)
         return pa.table(cols)
 
