@@ -284,17 +284,16 @@ class PartWriter:
         neg = (np.concatenate(self.negatives) if self.negatives
                else np.zeros((0, seg.NEGATIVE_BYTES), np.uint8))
         np.save(self.path / "negatives.npy", neg)
-        segs = self.segments
-        classes = to_class_index(segs.get("label", np.int64))
+        segs = tables["segments"]
         self.files = _file_crcs(self.path, [self.frames, self.windows])
         return dict(zip(COUNT_KEYS, (
-            len(self.videos.ids),
-            len(self.video_level.ids),
+            tables["videos"].num_rows,
+            tables["video_level"].num_rows,
             n_frames,
             n_windows,
-            int(np.sum(segs.get("score", np.float32) > 0)),
-            int(np.sum(segs.get("outside", bool))),
-            int(np.sum(classes < 0)),
+            int(np.sum(np.asarray(segs["score"]) > 0)),
+            int(np.sum(np.asarray(segs["outside_video"]))),
+            int(np.sum(np.asarray(segs["class_index"]) < 0)),
             tables["candidates"].num_rows,
             len(self.skipped),
         ), strict=True))
