@@ -33,10 +33,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np
 from bench_convert import make_shards
 
-from ingest import segments as seg
 from ingest.convert import CHUNK_BYTES, ConvertConfig, convert
 from ingest.decode import ShardDecoder
-from ingest.store_write import _buffer_windows
+from ingest.store_write import rated_windows
 
 
 def floor_pass(shards: list[str], out: Path, windows: bool, write: bool,
@@ -48,16 +47,12 @@ def floor_pass(shards: list[str], out: Path, windows: bool, write: bool,
             for ch in decoder.iter_chunks(src, chunk_bytes=CHUNK_BYTES):
                 if not (windows and ch.n_videos):
                     continue
-                fo, so = ch.frame_offsets, ch.segment_offsets
-                s = int(so[-1])
-                video = np.repeat(np.arange(ch.n_videos), np.diff(so))
-                lo, hi, pl, _ = seg.window_spans(ch.segment_start_times[:s],
-                                                 np.diff(fo)[video])
-                win = seg.gather_windows(ch.frames, fo[video], lo, hi, pl,
-                                         out=_buffer_windows(s))
+                fo = np.asarray(ch.frame_offsets, np.int64)
+                so = np.asarray(ch.segment_offsets, np.int64)
+                win = rated_windows(ch, fo, np.diff(fo), so)[-1]
                 if write:
                     ff.write(ch.frames[: fo[-1]])
-                    fw.write(win[:s])
+                    fw.write(win)
 
 
 def run_floor(cfg: ConvertConfig, rounds: int) -> None:

@@ -253,16 +253,12 @@ class PartWriter:
         s = int(so[-1])
         if s == 0:
             return
-        video = np.repeat(np.arange(chunk.n_videos, dtype=np.int64), np.diff(so))
-        starts = np.asarray(chunk.segment_start_times[:s], np.int64)
-        nf = n_frames[video]
-        lo, hi, pl, pr = seg.window_spans(starts, nf)
-        self.windows.append(seg.gather_windows(chunk.frames, fo[video], lo, hi, pl,
-                                               out=_buffer_windows(s)))
+        video, starts, (lo, hi, pl, pr), windows = rated_windows(chunk, fo, n_frames, so)
+        self.windows.append(windows)
         self.segments.add(video=video + first, start=starts, end=chunk.segment_end_times[:s],
                           label=chunk.segment_labels[:s], score=chunk.segment_scores[:s],
                           lo=lo, hi=hi, pad_left=pl, pad_right=pr,
-                          outside=seg.outside_video(starts, nf))
+                          outside=seg.outside_video(starts, n_frames[video]))
 
     # ------------------------------------------------------------ finish
     def abort(self) -> None:
@@ -395,6 +391,23 @@ def _write_table(table: pa.Table, path: Path) -> None:
     and candidate rows; on the integer columns it cost a third of the write time)."""
     strings = [f.name for f in table.schema if pa.types.is_string(f.type)]
     pq.write_table(table, path, use_dictionary=strings)
+
+
+def rated_windows(chunk: DecodedShard, fo: np.ndarray, n_frames: np.ndarray, so: np.ndarray):
+    """The expanded windows of a frame-level chunk's S rated segments.
+
+    fo, so: (V+1,) int64 frame and segment offsets of the chunk; n_frames (V,) int64.
+    Returns `video` (S,) int64 (the segment's video in the chunk), `starts` (S,) int64,
+    the spans `(lo, hi, pad_left, pad_right)` of `segments.window_spans`, and the
+    windows (S, 11, 1152) uint8, a view into this thread's reused buffer.
+    """
+    s = int(so[-1])
+    video = np.repeat(np.arange(chunk.n_videos, dtype=np.int64), np.diff(so))
+    starts = np.asarray(chunk.segment_start_times[:s], np.int64)
+    spans = seg.window_spans(starts, n_frames[video])
+    windows = seg.gather_windows(chunk.frames, fo[video], spans[0], spans[1], spans[2],
+                                 out=_buffer_windows(s))
+    return video, starts, spans, windows
 
 
 def _buffer_windows(n: int) -> np.ndarray:
