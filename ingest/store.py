@@ -28,6 +28,11 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+try:  # ISA-L's CRC-32 (python-isal): ~4x google_crc32c, benchmarks/bench_checksum.py
+    from isal.isal_zlib import crc32
+except ImportError:  # no wheel for the platform: zlib's, the same values, ~10x slower
+    from zlib import crc32
+
 from ingest.manifest import (  # noqa: F401 - part of this module's API
     FORMAT_VERSION,
     MANIFEST,
@@ -58,12 +63,6 @@ def part_name(source: str) -> str:
     for ext in (".tfrecord", ".tfrec"):
         name = name.removesuffix(ext)
     return re.sub(r"[^A-Za-z0-9._-]", "_", name) or "part"
-
-
-try:  # ISA-L's CRC-32 (python-isal): ~30 GB/s on this VM against google_crc32c's ~7
-    from isal.isal_zlib import crc32
-except ImportError:  # no wheel for the platform: zlib's, the same values, ~5 GB/s
-    from zlib import crc32
 
 
 def file_checksum(path) -> tuple[int, str]:
