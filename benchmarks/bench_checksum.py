@@ -3,7 +3,7 @@
 Run:  .venv/bin/python benchmarks/bench_checksum.py [--repeats 40]
 
 The converter checksums every written shard file as it writes it, from the decoder's
-multi-MB frame buffer and the windows buffer (ingest/store_write.py), and `ingest
+multi-MB frame buffer and the windows buffer (ingest/store/writer.py), and `ingest
 verify` reads whole files back through an 8 MB buffer. This times, on one thread
 and on the same random bytes: `ingest.store.crc32` (the project's: ISA-L's CRC-32,
 or zlib's where isal is missing), google_crc32c's CRC-32C (what the store used up to
@@ -25,7 +25,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from timing import median_time
 
-from ingest.store import crc32
+from ingest.store.layout import crc32
 
 SIZES = {"5 MB (past L2)": 5 << 20, "256 KB (in L2)": 256 << 10}
 

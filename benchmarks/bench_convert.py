@@ -55,7 +55,7 @@ def make_shards(shards: int = SHARDS, videos: int = VIDEOS_PER_SHARD) -> list[Pa
     want = [src / f"validate-{k:05d}-of-{shards:05d}.tfrecord" for k in range(shards)]
     if not all(p.is_file() for p in want):
         shutil.rmtree(src, ignore_errors=True)
-        subprocess.run([sys.executable, "-c", "from ingest.cli import main; main()", "synth",
+        subprocess.run([sys.executable, "-c", "from ingest.cli.main import main; main()", "synth",
                         str(src), "--split", "validate", "--shards", str(shards),
                         "--videos-per-shard", str(videos), "--seed", "1", "--quiet"],
                        check=True)
@@ -70,7 +70,7 @@ def child_convert(shards: list[str], workers: int, store_dir: str, cores: int = 
 
     from vm_memory import warm_guest_memory
 
-    from ingest.convert import CHUNK_BYTES, ConvertConfig, convert
+    from ingest.store.convert import CHUNK_BYTES, ConvertConfig, convert
 
     chunk_bytes = int(chunk_mb * 2**20) if chunk_mb else CHUNK_BYTES
 

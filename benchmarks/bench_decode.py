@@ -63,7 +63,7 @@ def make_shards(size_mb: int) -> list[Path]:
 
 
 def run_ours(files: list[str]):
-    from ingest.decode import ShardDecoder
+    from ingest.codec.decode import ShardDecoder
 
     dec = ShardDecoder()
     dec.warm_up()

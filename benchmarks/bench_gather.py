@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ingest import segments as seg
 from ingest.jit import njit
+from ingest.store import segments as seg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from timing import median_time

@@ -36,13 +36,13 @@ DATA = ROOT / "bench_data" / "synth"
 
 
 def _shard_videos(videos: int):
-    from ingest.synth import SynthConfig, synth_shard
+    from ingest.synth.shards import SynthConfig, synth_shard
 
     return synth_shard(SynthConfig(split="validate", videos_per_shard=videos), "validate", 0)
 
 
 def _per_row_encode(v) -> bytes:
-    from ingest.encode import LEN, _context_entries, bytes_list, features, field, map_entry
+    from ingest.codec.encode import LEN, _context_entries, bytes_list, features, field, map_entry
 
     lists = b"".join(
         field(1, LEN, map_entry(k, b"".join(field(1, LEN, bytes_list([r.tobytes()])) for r in f)))
@@ -97,9 +97,9 @@ def main() -> None:
         tf_worker(args.encode_videos, args.repeats, DATA / "tf.tfrecord")
         return
 
-    from ingest.encode import encode_sequence_example
-    from ingest.synth import SynthConfig, write_synth
-    from ingest.tfrecord import write_tfrecord
+    from ingest.codec.encode import encode_sequence_example
+    from ingest.codec.tfrecord import write_tfrecord
+    from ingest.synth.shards import SynthConfig, write_synth
 
     try:
         per_shard = -(-args.videos // args.shards)

@@ -33,9 +33,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np
 from bench_convert import make_shards
 
-from ingest.convert import CHUNK_BYTES, ConvertConfig, convert
-from ingest.decode import ShardDecoder
-from ingest.store_write import rated_windows
+from ingest.codec.decode import ShardDecoder
+from ingest.store.convert import CHUNK_BYTES, ConvertConfig, convert
+from ingest.store.writer import rated_windows
 
 
 def floor_pass(shards: list[str], out: Path, windows: bool, write: bool,

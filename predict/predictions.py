@@ -26,7 +26,7 @@ import numpy as np
 import polars as pl
 
 from ingest.errors import IngestError
-from ingest.truth import read_table
+from ingest.store.truth import read_table
 from ingest.vocab import N_SEGMENT_CLASSES
 
 # Probabilities are stored as round(p * 9999): 10,000 levels 0..9999, one per

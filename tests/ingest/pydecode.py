@@ -1,10 +1,10 @@
-"""A plain-Python twin of the numba decoder (ingest/decode.py): the tests' oracle.
+"""A plain-Python twin of the numba decoder (ingest/codec/decode.py): the tests' oracle.
 
 Written independently of the numba kernels, straight from the protobuf rules
 in docs/codec.md: it parses record bytes into `Video` objects (one level of
 the message at a time, only where the decoder looks), so that
 `DecodedShard.from_videos(decode_file(path).videos)` must equal what
-`ingest.decode` produces, and a file is rejected by one iff by the other.
+`ingest.codec.decode` produces, and a file is rejected by one iff by the other.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import google_crc32c
 import numpy as np
 
-from ingest.video import Video
+from ingest.codec.video import Video
 
 VARINT, I64, LEN, I32 = 0, 1, 2, 5
 BYTES_LIST, FLOAT_LIST, INT64_LIST = 1, 2, 3

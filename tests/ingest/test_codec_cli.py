@@ -6,10 +6,10 @@ import json
 import numpy as np
 from click.testing import CliRunner
 
-from ingest import encode as E
-from ingest.cli import main
-from ingest.tfrecord import write_tfrecord
-from ingest.video import Video
+from ingest.cli.main import main
+from ingest.codec import encode as E
+from ingest.codec.tfrecord import write_tfrecord
+from ingest.codec.video import Video
 
 
 def shard(path, n_videos: int, frames: int, segments: int = 0):

@@ -4,11 +4,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ingest import encode as E
-from ingest.decode import ShardDecoder, decode_shard
+from ingest.codec import encode as E
+from ingest.codec.decode import ShardDecoder, decode_shard
+from ingest.codec.tfrecord import frame_record, iter_records, write_tfrecord
+from ingest.codec.video import Video
 from ingest.errors import ShardError
-from ingest.tfrecord import frame_record, iter_records, write_tfrecord
-from ingest.video import Video
 
 
 def frame_video(i: int, n: int = 2, **kw) -> Video:

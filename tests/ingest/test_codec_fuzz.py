@@ -8,11 +8,11 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from ingest import encode as E
-from ingest.decode import decode_shard
+from ingest.codec import encode as E
+from ingest.codec.decode import decode_shard
+from ingest.codec.tfrecord import HEADER_BYTES, frame_record
+from ingest.codec.video import DecodedShard, Video
 from ingest.errors import ShardError
-from ingest.tfrecord import HEADER_BYTES, frame_record
-from ingest.video import DecodedShard, Video
 from tests.ingest import pydecode
 
 FUZZ = settings(max_examples=60, deadline=None,
@@ -191,7 +191,7 @@ def test_truncated_file_is_an_error(tmp_path, shard, cut):
 @given(st.binary(max_size=24), st.integers(0, 30), st.integers(0, 30))
 def test_wire_varint_and_skip_match_the_twin(data, pos, end):
     """The numba wire primitives against the plain-Python twin, on random bytes and bounds."""
-    from ingest import wire
+    from ingest.codec import wire
 
     buf = np.frombuffer(data, np.uint8).copy()
     end = min(end, len(buf))
@@ -214,7 +214,7 @@ def test_wire_varint_and_skip_match_the_twin(data, pos, end):
 @FUZZ
 @given(st.integers(0, 2000), st.integers(0, 1151), st.integers(0, 3000), st.integers(0, 9))
 def test_copy_bytes_matches_numpy(n, dst_off, src_off, row):
-    from ingest import wire
+    from ingest.codec import wire
 
     rng = np.random.default_rng(n)
     src = rng.integers(0, 256, src_off + n, dtype=np.uint8)

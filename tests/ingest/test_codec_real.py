@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from ingest.decode import ShardDecoder, decode_shard
+from ingest.codec.decode import ShardDecoder, decode_shard
 
 SHARDS = ["test0z_video_level_2018.tfrecord", "validate0067_video_level_2018.tfrecord",
           "validate00_video_level_2018.tfrecord"]

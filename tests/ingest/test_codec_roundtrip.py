@@ -1,13 +1,13 @@
-"""Round trips: Video objects -> ingest.encode + write_tfrecord -> ingest.decode == from_videos."""
+"""Round trips: Video objects -> ingest.codec.encode + write_tfrecord -> ingest.codec.decode == from_videos."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from ingest import encode as E
-from ingest.decode import ShardDecoder, decode_shard
-from ingest.tfrecord import iter_records, write_tfrecord
-from ingest.video import DecodedShard, Video
+from ingest.codec import encode as E
+from ingest.codec.decode import ShardDecoder, decode_shard
+from ingest.codec.tfrecord import iter_records, write_tfrecord
+from ingest.codec.video import DecodedShard, Video
 from tests.ingest.pydecode import assert_same_shard, decode_file
 from tests.ingest.videos import random_video
 
@@ -188,9 +188,9 @@ def test_video_round_trip_through_decoded_shard(tmp_path):
 def test_chunks_of_many_blocks_with_buffer_growth(tmp_path, monkeypatch, block, chunk_bytes):
     """Chunks gather several read blocks; outputs grow mid-chunk keeping earlier records
     (records with more labels and segments than the buffers' first guess)."""
-    import ingest.decode
+    import ingest.codec.decode
 
-    monkeypatch.setattr(ingest.decode, "BLOCK_BYTES", block)
+    monkeypatch.setattr(ingest.codec.decode, "BLOCK_BYTES", block)
     rng = np.random.default_rng(9)
     videos = [random_video(rng, i, n_frames=int(rng.integers(0, 12))) for i in range(30)]
     for v in videos[5:]:

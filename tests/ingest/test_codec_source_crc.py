@@ -2,9 +2,9 @@
 import google_crc32c
 import numpy as np
 
-from ingest.decode import ShardDecoder
-from ingest.encode import encode_video
-from ingest.tfrecord import write_tfrecord
+from ingest.codec.decode import ShardDecoder
+from ingest.codec.encode import encode_video
+from ingest.codec.tfrecord import write_tfrecord
 from tests.ingest.videos import random_video
 
 

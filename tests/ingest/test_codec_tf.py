@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ingest import encode as E
-from ingest.decode import decode_shard
-from ingest.tfrecord import write_tfrecord
-from ingest.video import DecodedShard, Video
+from ingest.codec import encode as E
+from ingest.codec.decode import decode_shard
+from ingest.codec.tfrecord import write_tfrecord
+from ingest.codec.video import DecodedShard, Video
 from tests.ingest.pydecode import assert_same_shard
 
 tf = pytest.importorskip("tensorflow")

@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 import zarr
 
-from ingest import segments as seg
-from ingest.convert import ConvertConfig, convert
-from ingest.decode import decode_shard
+from ingest.codec.decode import decode_shard
+from ingest.codec.video import FRAME_BYTES, Video
 from ingest.store import Store, verify_store
-from ingest.store_write import N_FOLDS, fold_of
-from ingest.synth import SynthConfig, write_synth
-from ingest.video import FRAME_BYTES, Video
+from ingest.store import segments as seg
+from ingest.store.convert import ConvertConfig, convert
+from ingest.store.writer import N_FOLDS, fold_of
+from ingest.synth.shards import SynthConfig, write_synth
 from ingest.vocab import segment_class_ids, to_class_index
 
 
@@ -230,7 +230,7 @@ def test_verify_finds_bytes_in_a_window_outside_its_video(tmp_path, monkeypatch)
     assert verify_store(store.path) == []
     z = zarr.open_array(str(store.path / "parts" / store.parts[0] / "windows.zarr"), mode="r+")
     z[row, 5, 7] = 1
-    monkeypatch.setattr("ingest.store.file_checksum", lambda path: (0, _AnyChecksum()))
+    monkeypatch.setattr("ingest.store.verify.file_checksum", lambda path: (0, _AnyChecksum()))
     assert (f"{store.parts[0]}: windows.zarr has non-zero bytes in a window outside its video"
             in verify_store(store.path))
 

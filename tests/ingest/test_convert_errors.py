@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from ingest.cli import main
-from ingest.decode import ShardDecoder
+from ingest.cli.main import main
+from ingest.codec.decode import ShardDecoder
 from ingest.store import Store
 from tests.ingest.test_convert_content import synth_shards
 

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from ingest.convert import ConvertConfig, convert
 from ingest.store import Store, StoreError, verify_store
+from ingest.store.convert import ConvertConfig, convert
 from tests.ingest.test_convert_content import synth_shards
 
-INGEST = [sys.executable, "-c", "from ingest.cli import main; main()"]
+INGEST = [sys.executable, "-c", "from ingest.cli.main import main; main()"]
 
 
 def tree(path: Path) -> dict[str, bytes]:
@@ -104,7 +104,7 @@ def test_threads_of_one_process_convert_independently(shards, reference, tmp_pat
     """A Dask worker may run several convert_shard calls at once in threads."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from ingest.convert import convert_shard
+    from ingest.store.convert import convert_shard
 
     out = tmp_path / "store"
     (out / "parts").mkdir(parents=True)

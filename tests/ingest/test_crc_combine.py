@@ -2,9 +2,9 @@
 import google_crc32c
 import numpy as np
 
-from ingest.crc_combine import combine, fold_records, update_bytes
-from ingest.encode import encode_video
-from ingest.tfrecord import scan_records, write_tfrecord
+from ingest.codec.crc_combine import combine, fold_records, update_bytes
+from ingest.codec.encode import encode_video
+from ingest.codec.tfrecord import scan_records, write_tfrecord
 from tests.ingest.videos import random_video
 
 
@@ -41,7 +41,7 @@ def test_fold_records_gives_the_whole_file_crc(tmp_path):
 
 
 def test_source_crc_of_a_file_with_a_skipped_corrupt_record(tmp_path):
-    from ingest.decode import ShardDecoder
+    from ingest.codec.decode import ShardDecoder
 
     rng = np.random.default_rng(2)
     path = tmp_path / "s.tfrecord"

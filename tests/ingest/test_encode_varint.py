@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from ingest.encode import varint
+from ingest.codec.encode import varint
 
 
 def _decode(b: bytes) -> int:

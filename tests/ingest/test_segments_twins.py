@@ -9,8 +9,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from ingest import segments as seg
-from ingest.video import FRAME_BYTES
+from ingest.codec.video import FRAME_BYTES
+from ingest.store import segments as seg
 from ingest.vocab import N_VOCAB, segment_class_ids, to_class_index
 
 

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import zarr
 
-from ingest import store_write
-from ingest.store import RowArray, StoreError, file_checksum, open_store
+from ingest.store import RowArray, StoreError, open_store, writer
+from ingest.store.layout import file_checksum
 from tests.ingest.test_convert_content import make_store, synth_shards
 
 
@@ -16,7 +16,7 @@ from tests.ingest.test_convert_content import make_store, synth_shards
 def test_sharded_writer_matches_zarr_and_rowarray(tmp_path, row_shape, chunk, shard):
     rng = np.random.default_rng(0)
     data = rng.integers(0, 256, (37, *row_shape), dtype=np.uint8)
-    w = store_write.ShardedArrayWriter(tmp_path / "a.zarr", row_shape, chunk, shard)
+    w = writer.ShardedArrayWriter(tmp_path / "a.zarr", row_shape, chunk, shard)
     for piece in np.array_split(data, [1, 2, 9, 20, 20, 33]):  # uneven appends, one empty
         w.append(piece)
     assert w.close() == 37
@@ -36,7 +36,7 @@ def test_sharded_writer_matches_zarr_and_rowarray(tmp_path, row_shape, chunk, sh
 
 
 def test_empty_array(tmp_path):
-    w = store_write.ShardedArrayWriter(tmp_path / "e.zarr", (4,), 2, 4)
+    w = writer.ShardedArrayWriter(tmp_path / "e.zarr", (4,), 2, 4)
     assert w.close() == 0
     assert zarr.open_array(str(tmp_path / "e.zarr"), mode="r").shape == (0, 4)
     assert RowArray(tmp_path / "e.zarr").rows(0, 0).shape == (0, 4)

@@ -6,11 +6,13 @@ import polars as pl
 import pytest
 from click.testing import CliRunner
 
-from ingest.cli import main
-from ingest.encode import encode_sequence_example
+from ingest.cli.main import main
+from ingest.codec.encode import encode_sequence_example
+from ingest.codec.tfrecord import write_tfrecord
 from ingest.errors import IngestError
-from ingest.segments import DROP_FIRST_SEGMENTS, DROP_LAST_SEGMENTS, candidates
-from ingest.synth import (
+from ingest.store.segments import DROP_FIRST_SEGMENTS, DROP_LAST_SEGMENTS, candidates
+from ingest.store.truth import read_truth
+from ingest.synth.shards import (
     POSITIVE_RATE,
     SynthConfig,
     iter_shard,
@@ -19,9 +21,7 @@ from ingest.synth import (
     synth_shard,
     write_synth,
 )
-from ingest.synth_signal import dequantize, make_world
-from ingest.tfrecord import write_tfrecord
-from ingest.truth import read_truth
+from ingest.synth.world import dequantize, make_world
 from ingest.vocab import N_VOCAB, segment_class_ids, to_class_index
 
 VALIDATE = SynthConfig(split="validate", videos_per_shard=150, seed=5)

@@ -1,14 +1,14 @@
-"""Round trip: `ingest synth` shards decoded by `ingest.decode` give back what was drawn."""
+"""Round trip: `ingest synth` shards decoded by `ingest.codec.decode` give back what was drawn."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from ingest.decode import decode_shard
-from ingest.encode import encode_sequence_example
-from ingest.synth import SynthConfig, synth_shard, write_synth
-from ingest.tfrecord import FOOTER_BYTES, HEADER_BYTES
-from ingest.video import DecodedShard
+from ingest.codec.decode import decode_shard
+from ingest.codec.encode import encode_sequence_example
+from ingest.codec.tfrecord import FOOTER_BYTES, HEADER_BYTES
+from ingest.codec.video import DecodedShard
+from ingest.synth.shards import SynthConfig, synth_shard, write_synth
 from tests.ingest.pydecode import assert_same_shard
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ingest.encode import (
+from ingest.codec.encode import (
     LEN,
     bytes_list,
     encode_sequence_example,
@@ -13,7 +13,7 @@ from ingest.encode import (
     frame_feature_list,
     map_entry,
 )
-from ingest.synth import SynthConfig, synth_shard
+from ingest.synth.shards import SynthConfig, synth_shard
 
 
 def _per_row(frames: np.ndarray) -> bytes:
@@ -22,7 +22,7 @@ def _per_row(frames: np.ndarray) -> bytes:
 
 
 def _reference_sequence_example(v) -> bytes:
-    from ingest.encode import _context_entries
+    from ingest.codec.encode import _context_entries
 
     context = features(_context_entries(v, True))
     lists = b"".join(field(1, LEN, map_entry(k, _per_row(f)))

@@ -13,8 +13,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ingest.synth import SynthConfig, synth_shard
-from ingest.synth_signal import dequantize, make_world
+from ingest.synth.shards import SynthConfig, synth_shard
+from ingest.synth.world import dequantize, make_world
 from ingest.vocab import to_class_index
 
 pytestmark = pytest.mark.slow  # ~5-9 s: draws 1,200 videos

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ingest.synth_signal import (
+from ingest.synth.world import (
     AMBIGUOUS_PERIOD,
     EVENT_NORM,
     EVENT_SUPPORT,

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from click.testing import CliRunner
 
-from ingest.cli import main
-from ingest.synth import SynthConfig, iter_shard, truth_table, write_synth
-from ingest.truth import read_truth
+from ingest.cli.main import main
+from ingest.store.truth import read_truth
+from ingest.synth.shards import SynthConfig, iter_shard, truth_table, write_synth
 
 
 def test_store_truth_equals_synth_ratings(tmp_path):

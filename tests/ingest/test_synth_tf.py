@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ingest.synth import SynthConfig, synth_shard, write_synth
+from ingest.synth.shards import SynthConfig, synth_shard, write_synth
 
 pytestmark = [pytest.mark.tf, pytest.mark.slow]  # importing TensorFlow takes ~6 s
 

@@ -6,8 +6,8 @@ import json
 import polars as pl
 import pytest
 
-from ingest.manifest import FORMAT_VERSION
-from ingest.truth import TRUTH_SCHEMA, TruthError, read_truth
+from ingest.store.layout import FORMAT_VERSION
+from ingest.store.truth import TRUTH_SCHEMA, TruthError, read_truth
 
 
 def table(n, offset=0, **overrides):

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ingest.video import Video
+from ingest.codec.video import Video
 
 
 def random_video(rng: np.random.Generator, i: int, n_frames: int | None = None,

@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from ingest.vocab import segment_class_ids
-from predict.cli import main
+from predict.cli.main import main
 from predict.predictions import write_predictions
 
 IDS = segment_class_ids()
@@ -118,7 +118,7 @@ def test_validate_and_evaluate_refuse_bad_submissions(world):
 def test_cli_does_not_import_torch(world):
     out = world / "sub.csv"
     code = (
-        "import sys; from predict.cli import main\n"
+        "import sys; from predict.cli.main import main\n"
         "try:\n"
         f"    main(['topk', {str(world / 'perfect.npy')!r}, '--out', {str(out)!r}, '--k', '5'])\n"
         "except SystemExit: pass\n"

@@ -8,7 +8,7 @@ from dataclasses import replace
 import pytest
 from click.testing import CliRunner
 
-from trainer.cli import main
+from trainer.cli.main import main
 from trainer.models.config import HeadConfig
 from trainer.registry import VARIANTS, build, build_config, count_parameters, parameter_rows, within
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ingest.video import AUDIO_BYTES, FRAME_BYTES, RGB_BYTES
+from ingest.codec.video import AUDIO_BYTES, FRAME_BYTES, RGB_BYTES
 from ingest.vocab import N_SEGMENT_CLASSES
 
 # YouTube-8M frame features: 1024 rgb + 128 audio values per frame (docs/formats.md).

@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from ingest.codec.video import FRAME_BYTES
+from ingest.codec.wire import copy_bytes
 from ingest.jit import njit
-from ingest.video import FRAME_BYTES
 from ingest.vocab import N_SEGMENT_CLASSES, class_index_of_label, to_class_index
-from ingest.wire import copy_bytes
 
 SEGMENT_FRAMES = 5  # frames per rated segment: 5 s at 1 frame/s (dataset fact)
 CONTEXT_FRAMES = 3  # t, frames of context added on each side of a segment (paper §3, t = 3)

@@ -13,7 +13,7 @@ from pathlib import Path
 import polars as pl
 
 from ingest.errors import IngestError
-from ingest.manifest import PARTS, StoreError, read_manifest
+from ingest.store.layout import PARTS, StoreError, read_manifest
 
 TRUTH_SCHEMA = {
     "video_id": pl.String,

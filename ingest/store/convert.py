@@ -25,9 +25,9 @@ from dataclasses import dataclass
 from multiprocessing import get_all_start_methods, get_context
 from pathlib import Path
 
-from ingest import store_write
 from ingest.errors import IngestError, ShardError
-from ingest.store import (
+from ingest.store import writer as part_writer
+from ingest.store.layout import (
     FORMAT_VERSION,
     MANIFEST,
     PART_JSON,
@@ -85,7 +85,7 @@ _DECODERS = threading.local()  # a decoder per mode and thread: its buffers are 
 
 def _decoder(on_error: str):
     """This thread's decoder for the error mode (its buffers are reused across shards)."""
-    from ingest.decode import ShardDecoder
+    from ingest.codec.decode import ShardDecoder
 
     mode = "skip-record" if on_error == "skip-record" else "fail"
     decoders = _DECODERS.__dict__
@@ -130,7 +130,7 @@ def convert_shard(source: str, store: str, on_error: str = "fail",
 
 def _write_part(source, tmp: Path, final: Path, name, on_error, chunk_bytes) -> dict:
     decoder = _decoder(on_error)
-    writer = store_write.PartWriter(tmp, name, source)
+    writer = part_writer.PartWriter(tmp, name, source)
     kinds = set()
     try:
         size = os.path.getsize(source)
@@ -145,7 +145,7 @@ def _write_part(source, tmp: Path, final: Path, name, on_error, chunk_bytes) -> 
     crc = decoder.source_crc32c  # computed by the decoder on the bytes it read: no second read
     info = {
         "part": name, "source": os.path.basename(source), "source_bytes": size,
-        "source_crc32c": crc, "fold": store_write.fold_of(source),
+        "source_crc32c": crc, "fold": part_writer.fold_of(source),
         "kind": "+".join(sorted(kinds)) or "empty", "counts": counts,
         "skipped_records": writer.skipped, "files": writer.files,
     }
@@ -294,15 +294,15 @@ def build_manifest(store: Path, skipped_shards: list[dict]) -> dict:
     """The manifest of every complete part under `store/parts`, in part-name order."""
     parts = [_read_json(p / PART_JSON) for p in sorted((store / PARTS).iterdir())
              if (p / PART_JSON).is_file()]
-    totals = {k: sum(p["counts"][k] for p in parts) for k in store_write.COUNT_KEYS}
+    totals = {k: sum(p["counts"][k] for p in parts) for k in part_writer.COUNT_KEYS}
     totals["parts"] = len(parts)
     totals["source_bytes"] = sum(p["source_bytes"] for p in parts)
     return {
         "format_version": FORMAT_VERSION,
-        "frames_layout": {"chunk_rows": store_write.FRAME_CHUNK_ROWS,
-                          "shard_rows": store_write.FRAME_SHARD_ROWS, "compression": "none"},
-        "windows_layout": {"chunk_rows": store_write.WINDOW_CHUNK_ROWS,
-                           "shard_rows": store_write.WINDOW_SHARD_ROWS, "compression": "none"},
+        "frames_layout": {"chunk_rows": part_writer.FRAME_CHUNK_ROWS,
+                          "shard_rows": part_writer.FRAME_SHARD_ROWS, "compression": "none"},
+        "windows_layout": {"chunk_rows": part_writer.WINDOW_CHUNK_ROWS,
+                           "shard_rows": part_writer.WINDOW_SHARD_ROWS, "compression": "none"},
         "parts": parts,
         "skipped_shards": skipped_shards,
         "totals": totals,

@@ -2,7 +2,7 @@
 
 Each shard is drawn from its own generator seeded by (seed, split, shard index), so
 any shard can be reproduced alone; what the classes look like (the `World` of
-`ingest.synth_signal`) depends only on `world_seed`, so train, validate and test
+`ingest.synth.world`) depends only on `world_seed`, so train, validate and test
 shards drawn with different seeds share one world. Per video, in this order:
 length, labels, events, frames, ratings. `train` records carry labels, `validate`
 records labels and rated segments, `test` records neither; the ratings of test
@@ -19,14 +19,14 @@ import numpy as np
 import polars as pl
 from tqdm import tqdm
 
-from ingest.encode import encode_sequence_example
+from ingest.codec.encode import encode_sequence_example
+from ingest.codec.tfrecord import write_tfrecord
+from ingest.codec.video import FRAME_BYTES, RGB_BYTES, Video
 from ingest.errors import IngestError
 from ingest.jit import JIT_ENABLED
-from ingest.segments import DROP_FIRST_SEGMENTS, DROP_LAST_SEGMENTS, SEGMENT_FRAMES
-from ingest.synth_signal import NOISE_SCALE, World, make_world, render_frames, render_frames_np
-from ingest.tfrecord import write_tfrecord
-from ingest.truth import TRUTH_SCHEMA
-from ingest.video import FRAME_BYTES, RGB_BYTES, Video
+from ingest.store.segments import DROP_FIRST_SEGMENTS, DROP_LAST_SEGMENTS, SEGMENT_FRAMES
+from ingest.store.truth import TRUTH_SCHEMA
+from ingest.synth.world import NOISE_SCALE, World, make_world, render_frames, render_frames_np
 from ingest.vocab import class_index_of_label, segment_class_ids
 
 SPLITS = ("train", "validate", "test")

@@ -1,4 +1,4 @@
-"""Protobuf wire-format primitives for the numba decoder (ingest/decode.py).
+"""Protobuf wire-format primitives for the numba decoder (ingest/codec/decode.py).
 
 Every reader (`read_*`, `skip_field`) takes the record buffer `buf` (1-D uint8) and
 an exclusive end `end` and never reads at or past it: numba does not bounds-check, so
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ingest.encode import I32, I64, LEN, VARINT  # protobuf wire types, defined once
+from ingest.codec.encode import I32, I64, LEN, VARINT  # protobuf wire types, defined once
 from ingest.jit import JIT_ENABLED, njit
 
 MAX_VARINT_BYTES = 10  # a 64-bit varint takes at most ten bytes

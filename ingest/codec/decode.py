@@ -20,14 +20,12 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from ingest import wire
-from ingest.crc_combine import fold_records
-from ingest.encode import frame_prefix
-from ingest.errors import ShardError
-from ingest.jit import njit
-from ingest.tfrecord import scan_records
-from ingest.video import AUDIO_BYTES, FRAME_BYTES, RGB_BYTES, DecodedShard
-from ingest.wire import (
+from ingest.codec import wire
+from ingest.codec.crc_combine import fold_records
+from ingest.codec.encode import frame_prefix
+from ingest.codec.tfrecord import scan_records
+from ingest.codec.video import AUDIO_BYTES, FRAME_BYTES, RGB_BYTES, DecodedShard
+from ingest.codec.wire import (
     I32,
     LEN,
     OK,
@@ -38,6 +36,8 @@ from ingest.wire import (
     read_varint,
     skip_field,
 )
+from ingest.errors import ShardError
+from ingest.jit import njit
 
 DEFAULT_CHUNK_BYTES = 128 << 20  # bytes of shard per yielded chunk (bounds the output memory)
 # Read / CRC / decode step: a few MB stay in cache between the three passes over them
@@ -321,7 +321,7 @@ def read_bytes_feature(buf, a, b):
 
 def _frame_header(width: int) -> np.ndarray:
     """The bytes that precede a `width`-byte frame written the usual way (as TensorFlow
-    and `ingest.encode` write it), as an array for the numba kernels."""
+    and `ingest.codec.encode` write it), as an array for the numba kernels."""
     return np.frombuffer(frame_prefix(width), np.uint8).copy()
 
 

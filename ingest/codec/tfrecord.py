@@ -144,7 +144,7 @@ def iter_records(path: str | os.PathLike) -> Iterator[tuple[int, int, bytes]]:
     """(record number, header offset, data bytes) of every record, both CRCs checked.
 
     Reads the whole file at once: a simple reader for tools and tests; the
-    decoder (ingest/decode.py) streams with bounded memory instead.
+    decoder (ingest/codec/decode.py) streams with bounded memory instead.
     """
     path = os.fspath(path)
     with open(path, "rb") as f:

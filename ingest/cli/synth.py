@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from ingest.synth import MAX_FRAMES, SPLITS, SynthConfig, write_synth
+from ingest.synth.shards import MAX_FRAMES, SPLITS, SynthConfig, write_synth
 
 _DEFAULT = SynthConfig()  # the option defaults are the config's, stated once there
 

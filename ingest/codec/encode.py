@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ingest.video import Video
+from ingest.codec.video import Video
 
 VARINT, I64, LEN, I32 = 0, 1, 2, 5  # protobuf wire types
 

@@ -7,8 +7,8 @@ import sys
 
 import click
 
-from ingest.convert import ON_ERROR, ConvertConfig, convert
-from ingest.store import store_info, verify_store
+from ingest.store.convert import ON_ERROR, ConvertConfig, convert
+from ingest.store.verify import store_info, verify_store
 
 
 @click.command("convert")

@@ -21,9 +21,9 @@ from functools import lru_cache
 
 import numpy as np
 
+from ingest.codec.video import FRAME_BYTES
 from ingest.jit import njit
-from ingest.segments import SEGMENT_FRAMES
-from ingest.video import FRAME_BYTES
+from ingest.store.segments import SEGMENT_FRAMES
 from ingest.vocab import N_SEGMENT_CLASSES, N_VOCAB
 
 QUANT_SCALE = 255.0 / 4.0  # dataset encoder: q = round((f + 2) * 255/4), f in [-2, 2]

@@ -28,9 +28,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ingest import segments as seg
-from ingest.store import crc32, file_checksum, shard_file
-from ingest.video import AUDIO_BYTES, FRAME_BYTES, RGB_BYTES, DecodedShard
+from ingest.codec.video import AUDIO_BYTES, FRAME_BYTES, RGB_BYTES, DecodedShard
+from ingest.store import segments as seg
+from ingest.store.layout import SCHEMAS, crc32, file_checksum, shard_file
 from ingest.vocab import to_class_index
 
 COUNT_KEYS = ("videos", "video_level", "frames", "rated_segments", "positives",
@@ -417,27 +417,3 @@ def _buffer_windows(n: int) -> np.ndarray:
         cur = _LOCAL.windows = np.empty((max(n, 2 * (0 if cur is None else len(cur)), 256),
                                          seg.WINDOW_FRAMES, FRAME_BYTES), np.uint8)
     return cur
-
-
-_COMMON = [
-    ("video_index", pa.int32()), ("video_id", pa.string()), ("labels", pa.list_(pa.int32())),
-    ("class_indices", pa.list_(pa.int16())), ("has_labels", pa.bool_()), ("part", pa.string()),
-    ("source", pa.string()), ("record", pa.int32()), ("record_offset", pa.int64()),
-    ("fold", pa.int8()),
-]
-_WINDOW = [("window_lo", pa.int32()), ("window_hi", pa.int32()), ("pad_left", pa.int8()),
-           ("pad_right", pa.int8())]
-SCHEMAS = {
-    "videos": pa.schema(_COMMON + [("frame_offset", pa.int64()), ("n_frames", pa.int32()),
-                                   ("n_rated", pa.int32())]),
-    "video_level": pa.schema(_COMMON + [("mean_rgb", pa.list_(pa.float32(), RGB_BYTES)),
-                                        ("mean_audio", pa.list_(pa.float32(), AUDIO_BYTES))]),
-    "segments": pa.schema([
-        ("video_index", pa.int32()), ("video_id", pa.string()), ("start_time", pa.int32()),
-        ("end_time", pa.int32()), ("label", pa.int32()), ("class_index", pa.int16()),
-        ("score", pa.float32()), ("window_index", pa.int32())] + _WINDOW
-        + [("outside_video", pa.bool_())]),
-    "candidates": pa.schema([
-        ("video_index", pa.int32()), ("video_id", pa.string()), ("segment_index", pa.int16()),
-        ("start_time", pa.int32())] + _WINDOW),
-}

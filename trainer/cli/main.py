@@ -1,7 +1,7 @@
 """`trainer` command line. Each command lives in its own module and is registered below."""
 import click
 
-from ingest.cliutil import Group
+from ingest.cli.util import Group
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -10,6 +10,6 @@ def main() -> None:
 
 
 # Commands are registered here, one line each:
-from trainer.cli_models import models_command
+from trainer.cli.models import models_command
 
 main.add_command(models_command)

@@ -35,7 +35,7 @@ def validate(submission, k) -> None:
 @click.option("--json", "as_json", is_flag=True, help="print {map, k, classes, per_class}")
 def evaluate(submission, truth_path, k, as_json) -> None:
     """Score SUBMISSION by MAP@K against the rated segments in --truth."""
-    from ingest.truth import read_truth
+    from ingest.store.truth import read_truth
     from predict.metric import mean_average_precision, truth_by_class
 
     if k < 1:

@@ -1,7 +1,7 @@
 """`predict` command line. Each command lives in its own module and is registered below."""
 import click
 
-from ingest.cliutil import Group
+from ingest.cli.util import Group
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -10,10 +10,10 @@ def main() -> None:
 
 
 # Commands are registered here, one line each:
-from predict.cli_topk import topk
+from predict.cli.topk import topk
 
 main.add_command(topk)
-from predict.cli_evaluate import evaluate, validate
+from predict.cli.evaluate import evaluate, validate
 
 main.add_command(evaluate)
 main.add_command(validate)

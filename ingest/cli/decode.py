@@ -8,7 +8,7 @@ import time
 import click
 from tqdm import tqdm
 
-from ingest.decode import DEFAULT_CHUNK_BYTES, ON_ERROR, ShardDecoder
+from ingest.codec.decode import DEFAULT_CHUNK_BYTES, ON_ERROR, ShardDecoder
 
 
 def shard_summary(dec: ShardDecoder, path: str, chunk_bytes: int) -> dict:

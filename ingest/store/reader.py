@@ -18,90 +18,29 @@ themselves followed by the index, and rows are copied out of a numpy memmap of i
 from __future__ import annotations
 
 import json
-import os
-import re
-import sys
-import threading
 from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 
-try:  # ISA-L's CRC-32 (python-isal): ~4x google_crc32c, benchmarks/bench_checksum.py
-    from isal.isal_zlib import crc32
-except ImportError:  # no wheel for the platform: zlib's, the same values, ~10x slower
-    from zlib import crc32
-
-from ingest.manifest import (  # noqa: F401 - part of this module's API
-    FORMAT_VERSION,
-    MANIFEST,
-    PART_JSON,
+from ingest.codec.video import FRAME_BYTES
+from ingest.store.layout import (
     PARTS,
-    TMP,
+    SCHEMAS,
     StoreError,
     read_manifest,
+    shard_file,
 )
-from ingest.segments import (
+from ingest.store.segments import (
     NEGATIVE_BYTES,
     WINDOW_FRAMES,
-    candidate_count,
-    gather_windows,
-    outside_video,
     unpack_negatives,
-    window_spans,
 )
-from ingest.video import FRAME_BYTES
-
-READ_BLOCK = 8 << 20  # block size of checksum passes
-TABLES = ("videos", "segments", "candidates", "video_level")
-
-
-def part_name(source: str) -> str:
-    """The part of a source shard: its base name without `.tfrecord`, made path-safe."""
-    name = os.path.basename(os.fspath(source))
-    for ext in (".tfrecord", ".tfrec"):
-        name = name.removesuffix(ext)
-    return re.sub(r"[^A-Za-z0-9._-]", "_", name) or "part"
-
-
-def file_checksum(path) -> tuple[int, str]:
-    """(size in bytes, CRC-32 (zlib's polynomial) of the whole file as 8 hex digits), read
-    in blocks into one reused buffer. The store's file checksums are all this CRC; CRC-32C
-    is the TFRecord's and Zarr's own (record framing, shard index), docs/store.md."""
-    crc, size = 0, 0
-    buf = _read_buffer()
-    with open(path, "rb") as f:
-        while n := f.readinto(buf):
-            crc = crc32(buf[:n], crc)
-            size += n
-    return size, f"{crc:08x}"
-
-
-_READ_BUFFERS = threading.local()
-
-
-def _read_buffer() -> np.ndarray:
-    if not hasattr(_READ_BUFFERS, "buf"):
-        _READ_BUFFERS.buf = np.empty(READ_BLOCK, np.uint8)
-    return _READ_BUFFERS.buf
-
-
-def write_json_atomic(path: Path, obj) -> None:
-    """Write JSON (sorted keys, stable) under a temporary name, then rename."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True) + "\n")
-    os.replace(tmp, path)
-
-
-def shard_file(array: Path, k: int, row_ndim: int) -> Path:
-    """Shard file k of a Zarr v3 array sharded along axis 0 only (default "/" chunk keys):
-    `c/<k>/0` with one more `/0` per further axis."""
-    return Path(array) / "c" / str(k) / "/".join("0" * row_ndim)
 
 
 class RowArray:
-    """Read-only rows of one part's Zarr array as written by `ingest.store_write`.
+    """Read-only rows of one part's Zarr array as written by `ingest.store.writer`.
 
     Each shard file `c/<k>/0...` begins with rows `[k*S, (k+1)*S)` stored contiguously
     (uncompressed inner chunks in order), so rows are served from memmaps.
@@ -183,8 +122,6 @@ class Store:
             t = pl.read_parquet(self.path / PARTS / part / f"{name}.parquet")
             frames.append(t.with_columns(pl.lit(i, pl.Int32).alias("part_index")))
         if not frames:  # a store without parts: empty tables with the right columns
-            from ingest.store_write import SCHEMAS
-
             empty = pl.from_arrow(SCHEMAS[name].empty_table())
             return empty.with_columns(pl.lit(0, pl.Int32).alias("part_index"))
         return pl.concat(frames, how="vertical")
@@ -288,118 +225,3 @@ class Store:
 def open_store(path) -> Store:
     """Open a complete store (StoreError if `path` is not one)."""
     return Store(path)
-
-
-# ---------------------------------------------------------------- info and verify
-
-def store_info(path) -> dict:
-    """Counts of a complete store (from its manifest) and its size on disk."""
-    m = read_manifest(path)
-    t = m["totals"]
-    size = sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
-    return {
-        "format_version": m["format_version"], "parts": t["parts"], "videos": t["videos"],
-        "frames": t["frames"], "rated_segments": t["rated_segments"],
-        "positives": t["positives"], "outside_video": t["outside_video"],
-        "candidate_segments": t["candidates"], "video_level_records": t["video_level"],
-        "folds": m["folds"], "skipped_shards": len(m["skipped_shards"]),
-        "skipped_records": t["skipped_records"], "source_bytes": t["source_bytes"],
-        "store_bytes": size,
-    }
-
-
-def verify_store(path, progress: bool = False) -> list[str]:
-    """Re-read every part and compare it with the manifest: every file's CRC-32C, the
-    tables' row counts (pyarrow), the arrays' shapes and contents (read through zarr,
-    windows recomputed from frames); returns the problems found (empty = ok)."""
-    from tqdm import tqdm
-
-    path = Path(path)
-    m = read_manifest(path)
-    problems = []
-    listed = {p["part"] for p in m["parts"]}
-    on_disk = {p.name for p in (path / PARTS).iterdir()} if (path / PARTS).is_dir() else set()
-    problems += [f"{p}: part on disk but not in the manifest" for p in sorted(on_disk - listed)]
-    for entry in tqdm(m["parts"], desc="verify", disable=not progress, file=sys.stderr):
-        try:
-            problems += [f"{entry['part']}: {p}" for p in _verify_part(path, entry)]
-        except Exception as err:  # noqa: BLE001 - any unreadable file is a finding
-            problems.append(f"{entry['part']}: unreadable ({type(err).__name__}: {err})")
-    totals = {k: sum(p["counts"][k] for p in m["parts"]) for k in m["parts"][0]["counts"]} \
-        if m["parts"] else {}
-    for key, value in totals.items():
-        if m["totals"].get(key) != value:
-            problems.append(f"manifest totals: {key} = {m['totals'].get(key)}, parts sum {value}")
-    return problems
-
-
-def _verify_part(store: Path, entry: dict) -> list[str]:
-    import pyarrow.parquet as pq
-    import zarr
-
-    d = store / PARTS / entry["part"]
-    out = []
-    on_disk = json.loads((d / PART_JSON).read_text())
-    if on_disk != entry:
-        out.append("part.json differs from the manifest entry")
-    files = {f.relative_to(d).as_posix() for f in d.rglob("*") if f.is_file()} - {PART_JSON}
-    listed = set(entry["files"])
-    out += [f"{f}: missing" for f in sorted(listed - files)]
-    out += [f"{f}: not listed in the manifest" for f in sorted(files - listed)]
-    for f in sorted(files & listed):
-        if file_checksum(d / f)[1] != entry["files"][f]:
-            out.append(f"{f}: CRC-32 differs from the manifest")
-    if out:  # the files are not those converted: the checks below would only repeat that
-        return out
-    c = entry["counts"]
-    t = {name: pq.read_table(d / f"{name}.parquet") for name in TABLES}
-    for name, key in (("videos", "videos"), ("segments", "rated_segments"),
-                      ("candidates", "candidates"), ("video_level", "video_level")):
-        if t[name].num_rows != c[key]:
-            out.append(f"{name}.parquet has {t[name].num_rows} rows, manifest {c[key]}")
-    v, s = t["videos"], t["segments"]
-    nf = np.asarray(v["n_frames"], np.int64)
-    fo = np.asarray(v["frame_offset"], np.int64)
-    if not np.array_equal(fo, np.concatenate([[0], np.cumsum(nf)[:-1]]).astype(np.int64)[:len(fo)]):
-        out.append("videos.frame_offset is not the running sum of n_frames")
-    if int(nf.sum()) != c["frames"]:
-        out.append(f"videos hold {int(nf.sum())} frames, manifest {c['frames']}")
-    if candidate_count(nf) != c["candidates"]:
-        out.append("candidate count does not match the videos' lengths")
-    neg = np.load(d / "negatives.npy")
-    if neg.shape != (c["videos"], NEGATIVE_BYTES):
-        out.append(f"negatives.npy has shape {neg.shape}")
-    frames = zarr.open_array(str(d / "frames.zarr"), mode="r")
-    windows = zarr.open_array(str(d / "windows.zarr"), mode="r")
-    if frames.shape != (c["frames"], FRAME_BYTES):
-        out.append(f"frames.zarr has shape {frames.shape}")
-    if windows.shape != (c["rated_segments"], WINDOW_FRAMES, FRAME_BYTES):
-        out.append(f"windows.zarr has shape {windows.shape}")
-    if out:
-        return out
-    video = np.asarray(s["video_index"], np.int64)
-    starts = np.asarray(s["start_time"], np.int64)
-    if int(np.sum(np.asarray(s["score"]) > 0)) != c["positives"]:
-        out.append("positives differ from the manifest")
-    if int(outside_video(starts, nf[video]).sum()) != c["outside_video"]:
-        out.append("outside_video count differs from the manifest")
-    lo, hi, pl_, _ = window_spans(starts, nf[video])
-    empty = np.nonzero(hi <= lo)[0]  # windows with no frame at all: every byte padding
-    if len(empty) and windows.get_orthogonal_selection((empty, slice(None), slice(None))).any():
-        out.append("windows.zarr has non-zero bytes in a window outside its video")
-    step = frames.shards[0] if frames.shards else frames.chunks[0]
-    for a in range(0, c["frames"], step):  # bounded memory: one Zarr shard at a time
-        end = min(a + step, c["frames"])
-        rows = np.nonzero((fo[video] + hi > a) & (fo[video] + lo < end))[0]
-        if len(rows) == 0:
-            continue
-        # windows touching this block: recompute them from the frames they need
-        first = int((fo[video[rows]] + lo[rows]).min())
-        last = int((fo[video[rows]] + hi[rows]).max())
-        src = frames[first:last]
-        want = gather_windows(src, fo[video[rows]] - first, lo[rows], hi[rows], pl_[rows])
-        got = windows.get_orthogonal_selection((rows, slice(None), slice(None)))
-        if not np.array_equal(want, got):
-            out.append(f"windows.zarr differs from the frames near frame {a}")
-            break
-    return out

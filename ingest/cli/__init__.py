@@ -1,0 +1,1 @@
+"""`ingest` command line: `main.py` is the group, one module per command family."""

@@ -1,0 +1,1 @@
+"""`predict` command line: `main.py` is the group, one module per command family."""

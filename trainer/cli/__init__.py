@@ -1,0 +1,1 @@
+"""`train` command line: `main.py` is the group, one module per command family."""
