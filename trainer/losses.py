@@ -1,23 +1,52 @@
 """Losses of the paper, computed from the MoE head's log-probabilities (stable at p = 0, 1).
 
-Eq. 1 (video-level pre-training): binary cross-entropy over all classes, averaged.
-Eq. 2 (segment fine-tuning, §3.6): a rated segment is one (segment, class) pair with a
-score y ∈ {0, 1}; its cross-entropy is weighted y + 1/2 (3/2 for positives, 1/2 for rated
-negatives). Mined negatives (classes outside the video's labels, `negatives` mask) add a
-cross-entropy towards 0 averaged over the mined entries, weighted 1/2:
+Eq. 1 (video-level pre-training): binary cross-entropy over all C classes, averaged:
 
-    L = mean_b [(y_b + 1/2) · BCE(p_b,c_b, y_b)] + 1/2 · Σ_bc n_bc BCE(p_bc, 0) / Σ_bc n_bc
+    ℓ_b = mean_c BCE(p_bc, y_bc),        L = mean_b ℓ_b
+
+Eq. 2 (segment fine-tuning, §3.6), as printed: example b is one rated (segment, class)
+pair, class j_b with score y_b ∈ {0, 1}, plus the mined negatives M_b of its video
+(classes outside the video's labels and its positive segment labels, `negatives` mask):
+
+    ℓ_b = −(3/2 · y_b log p_bj + (1 − y_b) log(1 − p_bj))
+          + 1/2 · mean_{c ∈ M_b} −log(1 − p_bc)             (0 when M_b is empty)
+    L   = mean_b ℓ_b
+
+So a rated positive weighs 3/2, a rated negative 1, and the mined term is a per-example
+mean weighted 1/2. (The reference code weighs rated negatives 1/2 and averages the mined
+term over all mined entries of the batch; `REFERENCE_CODE_WEIGHTS` gives its rated weights,
+docs/models.md the whole deviation.)
+
+Both losses take an optional per-example `valid (B,)` (bool, or float weights): flagged
+rows (e.g. the repeats that pad an epoch's last batch) are left out, even when their
+loss is not finite, and the mean is over the rows kept: Σ_b w_b ℓ_b / Σ_b w_b.
+`reduction="none"` gives `ℓ_b (B,)` to callers that reduce themselves (e.g. over DDP ranks).
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 
 from trainer.layers.moe import MoEOutput
 
-# Paper §3.6, Eq. 2: weight of a rated positive, of a rated negative, of the mined negatives.
+# Paper §3.6, Eq. 2: weight of a rated positive, of a rated negative, of the mined term.
 POSITIVE_WEIGHT = 3.0 / 2.0
-RATED_NEGATIVE_WEIGHT = 1.0 / 2.0
+RATED_NEGATIVE_WEIGHT = 1.0
 MINED_NEGATIVE_WEIGHT = 1.0 / 2.0
+
+
+@dataclass(frozen=True)
+class SegmentLossWeights:
+    """The three weights of Eq. 2 (defaults: the paper's, §3.6)."""
+
+    positive: float = POSITIVE_WEIGHT
+    rated_negative: float = RATED_NEGATIVE_WEIGHT
+    mined: float = MINED_NEGATIVE_WEIGHT
+
+
+# The reference code's rated-negative weight (1/2): y + 1/2 for every rated label.
+REFERENCE_CODE_WEIGHTS = SegmentLossWeights(rated_negative=1.0 / 2.0)
 
 
 def binary_cross_entropy(out: MoEOutput, target: torch.Tensor) -> torch.Tensor:
@@ -25,9 +54,41 @@ def binary_cross_entropy(out: MoEOutput, target: torch.Tensor) -> torch.Tensor:
     return -(target * out.log_p + (1.0 - target) * out.log_not_p)
 
 
-def video_loss(out: MoEOutput, labels: torch.Tensor) -> torch.Tensor:
-    """Eq. 1: `labels (B, C)` multi-hot (float or bool) → scalar mean cross-entropy."""
-    return binary_cross_entropy(out, labels.to(out.log_p.dtype)).mean()
+def masked_mean(values: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """`values (B,)` → scalar Σ w_b v_b / Σ w_b over `valid (B,)` (bool or float weights).
+
+    Rows with weight 0 are dropped before the product (a NaN there does not leak); with
+    no row kept the result is 0.
+    """
+    if valid is None:
+        return values.mean()
+    w = valid.to(values.dtype)
+    total = torch.where(w > 0, w * values, torch.zeros_like(values)).sum()
+    count = w.sum()
+    return total / torch.where(count > 0, count, torch.ones_like(count))
+
+
+def _reduce(per_example: torch.Tensor, valid: torch.Tensor | None, reduction: str):
+    if reduction == "mean":
+        return masked_mean(per_example, valid)
+    if reduction == "none":
+        return per_example
+    raise ValueError(f"reduction must be 'mean' or 'none', not {reduction!r}")
+
+
+def video_loss(
+    out: MoEOutput,
+    labels: torch.Tensor,
+    valid: torch.Tensor | None = None,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    """Eq. 1: `labels (B, C)` multi-hot (float or bool) → scalar mean cross-entropy.
+
+    `valid (B,)` optional (see the module docstring); `reduction="none"` → `(B,)` per-example
+    losses (mean over C), `valid` not applied.
+    """
+    per_example = binary_cross_entropy(out, labels.to(out.log_p.dtype)).mean(dim=1)
+    return _reduce(per_example, valid, reduction)
 
 
 def segment_loss(
@@ -35,17 +96,22 @@ def segment_loss(
     class_index: torch.Tensor,
     score: torch.Tensor,
     negatives: torch.Tensor | None = None,
+    weights: SegmentLossWeights = SegmentLossWeights(),
+    valid: torch.Tensor | None = None,
+    reduction: str = "mean",
 ) -> torch.Tensor:
-    """Eq. 2: `class_index (B,)` int, `score (B,)` 0/1, `negatives (B, C)` bool mined mask."""
-    rated = MoEOutput(
-        out.log_p.gather(1, class_index[:, None])[:, 0],
-        out.log_not_p.gather(1, class_index[:, None])[:, 0],
-    )
+    """Eq. 2 → scalar mean over the batch (`reduction="none"`: `(B,)`, `valid` not applied).
+
+    `class_index (B,)` int: the rated class j_b; `score (B,)` 0/1: y_b; `negatives (B, C)`
+    bool: the mined negatives M_b (None: no mined term); `valid (B,)` optional.
+    """
+    log_p = out.log_p.gather(1, class_index[:, None])[:, 0]  # (B,)
+    log_not_p = out.log_not_p.gather(1, class_index[:, None])[:, 0]
     y = score.to(out.log_p.dtype)
-    weight = RATED_NEGATIVE_WEIGHT + (POSITIVE_WEIGHT - RATED_NEGATIVE_WEIGHT) * y
-    loss = (weight * binary_cross_entropy(rated, y)).mean()
-    if negatives is None:
-        return loss
-    n = negatives.to(out.log_p.dtype)
-    mined = -(n * out.log_not_p).sum() / n.sum().clamp(min=1.0)
-    return loss + MINED_NEGATIVE_WEIGHT * mined
+    loss = -(weights.positive * y * log_p + weights.rated_negative * (1.0 - y) * log_not_p)
+    if negatives is not None:
+        zero = torch.zeros_like(out.log_not_p)
+        mined = torch.where(negatives, -out.log_not_p, zero).sum(dim=1)  # (B,)
+        count = negatives.sum(dim=1).to(mined.dtype)
+        loss = loss + weights.mined * mined / count.clamp(min=1.0)
+    return _reduce(loss, valid, reduction)
