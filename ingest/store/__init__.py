@@ -1,6 +1,7 @@
 """The store: YouTube-8M shards converted into a Zarr + Parquet directory (docs/store.md).
 
-    from ingest.store import open_store, convert, ConvertConfig, read_truth
+    from ingest.store import open_store, verify_store, read_truth
+    from ingest.store.convert import ConvertConfig, convert
 
 `layout` (names, schemas, checksums, manifest) is shared by both sides; `writer` and
 `convert` write parts; `reader`, `verify` and `truth` read them; `segments` holds the
@@ -15,9 +16,6 @@ _EXPORTS = {
     "StoreError": "ingest.store.layout",
     "read_manifest": "ingest.store.layout",
     "FORMAT_VERSION": "ingest.store.layout",
-    "convert": "ingest.store.convert",
-    "ConvertConfig": "ingest.store.convert",
-    "convert_shard": "ingest.store.convert",
     "store_info": "ingest.store.verify",
     "verify_store": "ingest.store.verify",
     "read_truth": "ingest.store.truth",
