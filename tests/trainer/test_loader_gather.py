@@ -1,0 +1,104 @@
+"""The loader's gather kernels against their numpy twins, over real mapped files."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from numba import typed
+
+from trainer.data import gather as G
+from trainer.data.index import _ROW_TYPE
+from trainer.data.sampling import sample_keys
+
+WIDTH = 24  # narrow rows keep the test fast; the kernels take the width from the buffers
+
+
+def _files(tmp_path, sizes, width, seed=0):
+    """Parts of shard files of random bytes, mapped read-only as the loader maps them."""
+    rng = np.random.default_rng(seed)
+    maps, base, shard_rows = typed.List.empty_list(_ROW_TYPE), [], []
+    for p, (rows, per_file) in enumerate(sizes):
+        base.append(len(maps))
+        shard_rows.append(per_file)
+        for k in range(-(-rows // per_file)):
+            n = min(per_file, rows - k * per_file)
+            path = tmp_path / f"p{p}_{k}.bin"
+            rng.integers(0, 256, (n, width), dtype=np.uint8).tofile(path)
+            maps.append(np.memmap(path, np.uint8, "r", shape=(n, width)).view(np.ndarray))
+    return maps, np.array(base, np.int64), np.array(shard_rows, np.int64)
+
+
+@pytest.fixture
+def files(tmp_path):
+    return _files(tmp_path, [(1000, 128), (37, 16), (513, 512)], WIDTH)
+
+
+def _videos(rng, n_rows, sizes):
+    part = rng.integers(0, len(sizes), n_rows)
+    n = np.array([rng.integers(0, min(60, sizes[p][0]) + 1) for p in part], np.int64)
+    offset = np.array([rng.integers(0, sizes[p][0] - n[i] + 1) for i, p in enumerate(part)])
+    return part.astype(np.int64), offset.astype(np.int64), n
+
+
+@pytest.mark.parametrize("even", [False, True])
+@pytest.mark.parametrize("max_len", [1, 7, 60, G.NO_LIMIT])
+def test_gather_frames_matches_twin(files, even, max_len):
+    rng = np.random.default_rng(max_len + even)
+    sizes = [(1000, 128), (37, 16), (513, 512)]
+    part, offset, n = _videos(rng, 50, sizes)
+    lo = np.array([rng.integers(0, k + 1) for k in n], np.int64)
+    hi = np.array([rng.integers(a, k + 1) for a, k in zip(lo, n)], np.int64)
+    keys = sample_keys(np.uint64(7), np.arange(50))
+    length = max(1, int(np.minimum(hi - lo, max_len).max()))
+    outs = []
+    for fn in (G.gather_frames_kernel, G.gather_frames_numpy):
+        out = np.full((50, length, WIDTH), 77, np.uint8)
+        mask = np.ones((50, length), bool)
+        lengths = np.zeros(50, np.int64)
+        fn(*files, part, offset, lo, hi, keys, max_len, even, out, mask, lengths)
+        outs.append((out, mask, lengths))
+    for a, b in zip(*outs):
+        np.testing.assert_array_equal(a, b)
+    out, mask, lengths = outs[0]
+    np.testing.assert_array_equal(lengths, np.minimum(hi - lo, max_len))
+    np.testing.assert_array_equal(mask.sum(1), lengths)
+    assert not out[~mask].any()  # padding is zero
+
+
+def test_gather_rows_and_windows_match_twins(files):
+    rng = np.random.default_rng(3)
+    part = rng.integers(0, 3, 40).astype(np.int64)
+    limit = np.array([1000, 37, 513])[part]
+    row = (rng.random(40) * limit).astype(np.int64)
+    a, b = np.zeros((40, WIDTH), np.uint8), np.ones((40, WIDTH), np.uint8)
+    G.gather_rows_kernel(*files, part, row, a)
+    G.gather_rows_numpy(*files, part, row, b)
+    np.testing.assert_array_equal(a, b)
+
+    sizes = [(1000, 128), (37, 16), (513, 512)]
+    part, offset, n = _videos(rng, 40, sizes)
+    start = np.array([rng.integers(-3, k + 3) for k in n], np.int64)
+    from ingest.store.segments import window_spans
+
+    lo, hi, pad_left, _ = window_spans(np.maximum(start, 0), n)
+    a = np.full((40, 11, WIDTH), 9, np.uint8)
+    b = np.full((40, 11, WIDTH), 5, np.uint8)
+    for fn, out in ((G.gather_windows_kernel, a), (G.gather_windows_numpy, b)):
+        fn(*files, part, offset, lo.astype(np.int64), hi.astype(np.int64),
+           pad_left.astype(np.int64), out)
+    np.testing.assert_array_equal(a, b)
+
+
+def test_pack_classes_matches_twin():
+    rng = np.random.default_rng(4)
+    counts = rng.integers(0, 6, 30)
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    classes = rng.integers(0, 1000, offsets[-1]).astype(np.int16)
+    rows = rng.integers(0, 30, 64).astype(np.int64)
+    a = np.full((64, 125), 255, np.uint8)
+    b = np.zeros((64, 125), np.uint8)
+    G.pack_classes_kernel(offsets, classes, rows, a)
+    G.pack_classes_numpy(offsets, classes, rows, b)
+    np.testing.assert_array_equal(a, b)
+    bits = np.unpackbits(a, axis=1, bitorder="little")
+    for i, r in enumerate(rows):
+        assert set(np.nonzero(bits[i])[0]) == set(classes[offsets[r]:offsets[r + 1]].tolist())

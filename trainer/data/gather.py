@@ -1,0 +1,150 @@
+"""The loader's gathers: rows of the store's mapped files straight into batch buffers.
+
+Each kernel (numba, `nogil`, so loader threads run them in parallel) writes into a
+caller's preallocated, C-contiguous buffer and has a plain numpy twin (`*_numpy`)
+that the tests compare it with. `files`, `file_base`, `shard_rows` are those of an
+`ArrayFiles` (trainer/data/index.py): row r of part p is row `r % shard_rows[p]` of
+`files[file_base[p] + r // shard_rows[p]]`.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ingest.codec.wire import copy_bytes
+from ingest.jit import njit
+from trainer.data.sampling import select_even, select_even_numpy, select_random, select_random_numpy
+
+NO_LIMIT = 1 << 30  # max_len of "whole videos" (paper Table 1: ∞)
+
+
+@njit(inline="always")
+def _zero(dst, a, b):
+    """dst[a:b] = 0 for a 1-D uint8 array (a loop over a view vectorises)."""
+    part = dst[a:b]
+    for j in range(len(part)):
+        part[j] = 0
+
+
+@njit(inline="always")
+def _copy_row(files, file_base, shard_rows, part, r, dst, d0, width):
+    """dst[d0:d0 + width] = row r of part `part`."""
+    s = shard_rows[part]
+    f = files[file_base[part] + r // s]
+    copy_bytes(dst, d0, f.reshape(-1), (r % s) * width, width)
+
+
+@njit
+def gather_frames_kernel(files, file_base, shard_rows, part, offset, lo, hi, keys, max_len,
+                         even, out, mask, lengths):
+    """Video frames, sampled, into a padded batch.
+
+    For row i: the frames `[lo[i], hi[i])` of a video whose first frame is row
+    `offset[i]` of part `part[i]`; `count = min(max_len, hi - lo)` of them are taken
+    (`even`: evenly spaced, else at random without replacement with `keys[i]`), in
+    temporal order, into `out[i, :count]`; `out[i, count:]` is zeroed.
+    out: (B, L, F) uint8 with L >= every count; mask: (B, L) bool; lengths: (B,) int64.
+    """
+    n_rows, length, width = out.shape
+    dst = out.reshape(-1)
+    pick = np.empty(length, np.int64)
+    for i in range(n_rows):
+        n = hi[i] - lo[i]
+        count = min(max_len, n)
+        if even:
+            select_even(n, count, pick)
+        else:
+            select_random(n, count, keys[i], pick)
+        base = offset[i] + lo[i]
+        d0 = i * length * width
+        for j in range(count):
+            _copy_row(files, file_base, shard_rows, part[i], base + pick[j], dst,
+                      d0 + j * width, width)
+            mask[i, j] = True
+        for j in range(count, length):
+            mask[i, j] = False
+        _zero(dst, d0 + count * width, d0 + length * width)
+        lengths[i] = count
+
+
+def _row_numpy(files, file_base, shard_rows, part, r):
+    s = shard_rows[part]
+    return files[file_base[part] + r // s][r % s]
+
+
+def gather_frames_numpy(files, file_base, shard_rows, part, offset, lo, hi, keys, max_len,
+                        even, out, mask, lengths):
+    """Plain numpy twin of `gather_frames_kernel`."""
+    out[:] = 0
+    mask[:] = False
+    for i in range(out.shape[0]):
+        n = int(hi[i] - lo[i])
+        count = min(max_len, n)
+        pick = select_even_numpy(n, count) if even else select_random_numpy(n, count, keys[i])
+        for j, t in enumerate(pick):
+            out[i, j] = _row_numpy(files, file_base, shard_rows, part[i], offset[i] + lo[i] + t)
+        mask[i, :count] = True
+        lengths[i] = count
+
+
+@njit
+def gather_rows_kernel(files, file_base, shard_rows, part, row, out):
+    """out[i] = row `row[i]` of part `part[i]`; out: (B, width) uint8, width = the files'."""
+    width = out.shape[1]
+    dst = out.reshape(-1)
+    for i in range(out.shape[0]):
+        _copy_row(files, file_base, shard_rows, part[i], row[i], dst, i * width, width)
+
+
+def gather_rows_numpy(files, file_base, shard_rows, part, row, out):
+    """Plain numpy twin of `gather_rows_kernel`."""
+    for i in range(out.shape[0]):
+        out[i] = _row_numpy(files, file_base, shard_rows, part[i], row[i])
+
+
+@njit
+def gather_windows_kernel(files, file_base, shard_rows, part, offset, lo, hi, pad_left, out):
+    """Expanded windows from frames: out[i, pad_left[i] + k] = frame lo[i] + k of the video
+    (first frame `offset[i]` of part `part[i]`) for k < hi - lo; zero elsewhere.
+    out: (B, 11, F) uint8."""
+    n_rows, win, width = out.shape
+    dst = out.reshape(-1)
+    for i in range(n_rows):
+        d0 = i * win * width
+        a = d0 + pad_left[i] * width
+        m = hi[i] - lo[i]
+        _zero(dst, d0, a)
+        for k in range(m):
+            _copy_row(files, file_base, shard_rows, part[i], offset[i] + lo[i] + k, dst,
+                      a + k * width, width)
+        _zero(dst, a + m * width, d0 + win * width)
+
+
+def gather_windows_numpy(files, file_base, shard_rows, part, offset, lo, hi, pad_left, out):
+    """Plain numpy twin of `gather_windows_kernel`."""
+    out[:] = 0
+    for i in range(out.shape[0]):
+        for k in range(int(hi[i] - lo[i])):
+            out[i, pad_left[i] + k] = _row_numpy(files, file_base, shard_rows, part[i],
+                                                 offset[i] + lo[i] + k)
+
+
+@njit
+def pack_classes_kernel(offsets, classes, rows, out):
+    """Packed multi-hot labels: bit c of out[i] (little-endian bit order, as the store's
+    negatives) set for every class c of row `rows[i]` in the CSR `(offsets, classes)`.
+    out: (B, 125) uint8."""
+    for i in range(out.shape[0]):
+        out[i, :] = 0
+        for j in range(offsets[rows[i]], offsets[rows[i] + 1]):
+            c = classes[j]
+            out[i, c >> 3] |= np.uint8(1 << (c & 7))
+
+
+def pack_classes_numpy(offsets, classes, rows, out):
+    """Plain numpy twin of `pack_classes_kernel`."""
+    dense = np.zeros((out.shape[0], out.shape[1] * 8), bool)
+    for i, r in enumerate(rows):
+        dense[i, classes[offsets[r]:offsets[r + 1]]] = True
+    out[:] = np.packbits(dense, axis=1, bitorder="little")
+
+
