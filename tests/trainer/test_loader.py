@@ -205,11 +205,11 @@ def test_negatives_unpack_like_the_store(vindex, validate_store):
 
 
 @pytest.mark.parametrize("cfg,message", [
-    (dict(kind="segment"), "no rated segments"),
-    (dict(kind="video", folds=(99,)), "no video in folds [99]"),
-    (dict(kind="video", max_len=0), "at least 1"),
-    (dict(kind="frames"), "unknown batch kind"),
-    (dict(kind="video", batch_size=1000, drop_last=True), "fewer than one global batch"),
+    ({"kind": "segment"}, "no rated segments"),
+    ({"kind": "video", "folds": (99,)}, "no video in folds [99]"),
+    ({"kind": "video", "max_len": 0}, "at least 1"),
+    ({"kind": "frames"}, "unknown batch kind"),
+    ({"kind": "video", "batch_size": 1000, "drop_last": True}, "fewer than one global batch"),
 ])
 def test_clear_errors(train_store, cfg, message):
     with pytest.raises(LoaderError, match=message.replace("[", r"\[").replace("]", r"\]")):
