@@ -5,7 +5,7 @@ of 5. The model sees it expanded by t = 3 frames on each side: the window
 `[start - 3, start + 8)` of 11 frames, clipped to the video, zero padded where it
 leaves the video. Prediction scores every segment except the first 6 and the last
 2 of each video (they were never rated). Mined negatives (paper §3.6) are, per
-video, the segment classes outside `labels ∪ segment_labels`.
+video, the segment classes outside `labels ∪ {segment labels rated positive}`.
 
 Each numba kernel (`*_kernel`, decorated with `ingest.jit.njit`) has a plain numpy
 twin (`*_numpy`) that the tests compare it with; the public functions call the kernel.
@@ -170,13 +170,19 @@ def candidates(n_frames: np.ndarray):
 
 
 # ---------------------------------------------------------------- mined negatives (paper §3.6)
+# A video's mined negatives are the segment classes outside Sv ∪ Ss, Sv = its labels and
+# Ss = its POSITIVE segment labels (score > 0): a class rated only negatively stays a
+# mined negative (store format 3; format 2 also left out classes rated negatively).
 
 @njit
-def negatives_kernel(label_offsets, labels, seg_offsets, seg_labels, has_labels,
+def negatives_kernel(label_offsets, labels, seg_offsets, seg_labels, seg_scores, has_labels,
                      class_of_label, out):
     """Packed mined negatives. out: (V, 125) uint8, bit c (little-endian) = class c is negative.
 
-    A video without a `labels` key carries no information: its row stays all zero.
+    label_offsets, seg_offsets: (V+1,) int64; labels: (L,) int64; seg_labels (S,) int64 and
+    seg_scores (S,) float32 of the rated segments; has_labels (V,) bool; class_of_label
+    (vocabulary,) int: segment class of each label or -1. A video without a `labels` key
+    carries no information: its row stays all zero.
     """
     n_vocab = class_of_label.shape[0]
     n_classes = out.shape[1] * 8
@@ -186,43 +192,47 @@ def negatives_kernel(label_offsets, labels, seg_offsets, seg_labels, has_labels,
         if not has_labels[v]:
             continue
         mask[:] = True
-        for j in range(label_offsets[v], label_offsets[v + 1]):
+        for j in range(label_offsets[v], label_offsets[v + 1]):  # Sv
             lab = labels[j]
             if 0 <= lab < n_vocab and class_of_label[lab] >= 0:
                 mask[class_of_label[lab]] = False
-        for j in range(seg_offsets[v], seg_offsets[v + 1]):
+        for j in range(seg_offsets[v], seg_offsets[v + 1]):  # Ss: positive ratings only
             lab = seg_labels[j]
-            if 0 <= lab < n_vocab and class_of_label[lab] >= 0:
+            if seg_scores[j] > 0 and 0 <= lab < n_vocab and class_of_label[lab] >= 0:
                 mask[class_of_label[lab]] = False
         for c in range(N_SEGMENT_CLASSES):
             if mask[c]:
                 out[v, c >> 3] |= np.uint8(1 << (c & 7))
 
 
-def negatives_numpy(label_offsets, labels, seg_offsets, seg_labels, has_labels) -> np.ndarray:
+def negatives_numpy(label_offsets, labels, seg_offsets, seg_labels, seg_scores,
+                    has_labels) -> np.ndarray:
     """Plain numpy twin of `negatives`: (V, 125) uint8 packed (bitorder little)."""
     n_videos = len(has_labels)
     known = np.zeros((n_videos, N_SEGMENT_CLASSES), bool)
-    for offsets, labs in ((label_offsets, labels), (seg_offsets, seg_labels)):
+    positive = np.asarray(seg_scores) > 0
+    for offsets, labs, keep in ((label_offsets, labels, None), (seg_offsets, seg_labels, positive)):
         video = np.repeat(np.arange(n_videos), np.diff(offsets))
         cls = to_class_index(labs)
-        known[video[cls >= 0], cls[cls >= 0]] = True
+        sel = cls >= 0 if keep is None else (cls >= 0) & keep
+        known[video[sel], cls[sel]] = True
     neg = ~known & np.asarray(has_labels, bool)[:, None]
     return np.packbits(neg, axis=1, bitorder="little")
 
 
-def negatives(label_offsets, labels, seg_offsets, seg_labels, has_labels,
+def negatives(label_offsets, labels, seg_offsets, seg_labels, seg_scores, has_labels,
               out: np.ndarray | None = None) -> np.ndarray:
-    """Mined negatives of V videos: (V, 125) uint8, packed bits (little-endian bit order).
-
-    Unpack with `unpack_negatives`.
+    """Mined negatives of V videos (paper §3.6): (V, 125) uint8, packed bits (little-endian
+    bit order); the segment classes outside the video's labels and its positively rated
+    segment labels. Shapes as in `negatives_kernel`. Unpack with `unpack_negatives`.
     """
     n_videos = len(has_labels)
     if out is None:
         out = np.empty((n_videos, NEGATIVE_BYTES), np.uint8)
     negatives_kernel(np.asarray(label_offsets, np.int64), np.asarray(labels, np.int64),
                      np.asarray(seg_offsets, np.int64), np.asarray(seg_labels, np.int64),
-                     np.asarray(has_labels, np.bool_), class_index_of_label(), out)
+                     np.asarray(seg_scores, np.float32), np.asarray(has_labels, np.bool_),
+                     class_index_of_label(), out)
     return out
 
 

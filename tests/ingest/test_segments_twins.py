@@ -105,9 +105,10 @@ def _random_labels(rng, n_videos):
                 rng.choice(pool, int(sizes.sum())).astype(np.int64))
     lab_off, labs = ragged(6, np.concatenate([seg_ids, rng.integers(0, N_VOCAB, 500),
                                               [-1, N_VOCAB + 5]]))
-    seg_off, seg_labs = ragged(4, seg_ids)
+    seg_off, seg_labs = ragged(8, seg_ids)
+    scores = rng.choice(np.array([0.0, 1.0, 0.5, -1.0, np.nan], np.float32), len(seg_labs))
     has = rng.random(n_videos) > 0.2
-    return lab_off, labs, seg_off, seg_labs, has
+    return lab_off, labs, seg_off, seg_labs, scores, has
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -117,17 +118,37 @@ def test_negatives_kernel_twin_and_sets(seed):
     got = seg.negatives(*args)
     np.testing.assert_array_equal(got, seg.negatives_numpy(*args))
     neg = seg.unpack_negatives(got)
-    lab_off, labs, seg_off, seg_labs, has = args
+    lab_off, labs, seg_off, seg_labs, scores, has = args
+    only_rated_negative = 0
     for v in range(60):
-        known = set(to_class_index(labs[lab_off[v]:lab_off[v + 1]]).tolist())
-        known |= set(to_class_index(seg_labs[seg_off[v]:seg_off[v + 1]]).tolist())
-        want = {c for c in range(1000) if c not in known} if has[v] else set()
+        sv = set(to_class_index(labs[lab_off[v]:lab_off[v + 1]]).tolist())
+        rated = slice(seg_off[v], seg_off[v + 1])
+        ss = set(to_class_index(seg_labs[rated][scores[rated] > 0]).tolist())  # §3.6: positives
+        want = {c for c in range(1000) if c not in sv | ss} if has[v] else set()
         assert set(np.nonzero(neg[v])[0].tolist()) == want
+        rated_neg = set(to_class_index(seg_labs[rated][~(scores[rated] > 0)]).tolist())
+        only_rated_negative += len(rated_neg - sv - ss) if has[v] else 0
+    assert only_rated_negative > 0  # the draw holds classes rated only negatively
+
+
+def test_negatives_follow_the_paper_by_hand():
+    """Paper §3.6: negatives are the classes outside Sv ∪ Ss, Ss the POSITIVE segment labels.
+
+    One video, labels {A}; segments rated B positive, C negative, D negative and positive.
+    Mined negatives: every class but A, B, D; C, rated only negatively, IS one."""
+    a, b, c, d = (int(x) for x in segment_class_ids()[[3, 10, 20, 30]])
+    ca, cb, cc, cd = (int(x) for x in to_class_index(np.array([a, b, c, d])))
+    args = (np.array([0, 1]), np.array([a]), np.array([0, 4]), np.array([b, c, d, d]),
+            np.array([1.0, 0.0, 0.0, 1.0], np.float32), np.array([True]))
+    for impl in (seg.negatives, seg.negatives_numpy):
+        neg = seg.unpack_negatives(impl(*args))[0]
+        assert neg[cc] and not neg[ca] and not neg[cb] and not neg[cd]
+        assert int(neg.sum()) == 1000 - 3
 
 
 def test_negatives_empty_and_unlabelled():
     off = np.zeros(3, np.int64)
     got = seg.negatives(off, np.zeros(0, np.int64), off, np.zeros(0, np.int64),
-                        np.array([True, False]))
+                        np.zeros(0, np.float32), np.array([True, False]))
     assert got.shape == (2, 125)
     assert seg.unpack_negatives(got)[0].all() and not got[1].any()
