@@ -9,6 +9,7 @@ import click
 from tqdm import tqdm
 
 from ingest.codec.decode import DEFAULT_CHUNK_BYTES, ON_ERROR, ShardDecoder
+from ingest.sources import expand_sources
 
 
 def shard_summary(dec: ShardDecoder, path: str, chunk_bytes: int) -> dict:
@@ -29,7 +30,7 @@ def shard_summary(dec: ShardDecoder, path: str, chunk_bytes: int) -> dict:
 
 
 @click.command("decode")
-@click.argument("shards", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.argument("shards", nargs=-1, required=True)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per shard.")
 @click.option("--on-error", type=click.Choice(ON_ERROR), default="fail", show_default=True,
               help="skip-record: leave out records with a bad data CRC or malformed protobuf.")
@@ -38,12 +39,15 @@ def shard_summary(dec: ShardDecoder, path: str, chunk_bytes: int) -> dict:
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def decode_cmd(shards: tuple[str, ...], as_json: bool, on_error: str, chunk_mb: int,
                quiet: bool) -> None:
-    """Decode TFRecord SHARDS (CRC-checked) and print, per shard: kind, videos, frames,
-    rated segments, bytes and MB/s."""
+    """Decode TFRecord shards (paths or quoted globs: SHARD_OR_GLOB...), CRC-checked, and
+    print, per shard: kind, videos, frames, rated segments, bytes and MB/s."""
+    paths = expand_sources(shards)
     dec = ShardDecoder(on_error=on_error)
     dec.warm_up()  # so that the first shard's MB/s is not the kernel's loading time
-    for path in tqdm(shards, desc="decode", unit="shard", disable=quiet or len(shards) < 2):
+    for path in tqdm(paths, desc="decode", unit="shard", disable=quiet or len(paths) < 2):
         s = shard_summary(dec, path, chunk_mb << 20)
+        if s["bytes"] == 0:
+            click.echo(f"warning: {path}: empty file (0 bytes), no records", err=True)
         if as_json:
             click.echo(json.dumps(s))
         else:

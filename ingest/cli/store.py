@@ -7,7 +7,8 @@ import sys
 
 import click
 
-from ingest.store.convert import ON_ERROR, ConvertConfig, convert
+from ingest.store.convert import CONNECT_TIMEOUT, ON_ERROR, ConvertConfig, convert
+from ingest.store.layout import MANIFEST
 from ingest.store.verify import store_info, verify_store
 
 
@@ -19,15 +20,24 @@ from ingest.store.verify import store_info, verify_store
               show_default="all cores", help="Shards converted in parallel (local executor).")
 @click.option("--executor", default="local", show_default=True,
               help="local, or dask://HOST:PORT to run on a Dask cluster (shared filesystem).")
+@click.option("--connect-timeout", type=click.FloatRange(min=0, min_open=True),
+              default=CONNECT_TIMEOUT, show_default=True,
+              help="Seconds to wait for the Dask scheduler of --executor dask://...")
 @click.option("--on-error", type=click.Choice(ON_ERROR), default="fail", show_default=True,
               help="A corrupt shard stops the run, or its bad records / the whole shard are "
                    "skipped and listed in the manifest.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def convert_cmd(sources, out, workers, executor, on_error, quiet) -> None:
-    """Convert TFRecord shards (paths or globs: SHARD_OR_GLOB...) into a store at --out."""
+def convert_cmd(sources, out, workers, executor, connect_timeout, on_error, quiet) -> None:
+    """Convert TFRecord shards (paths or quoted globs: SHARD_OR_GLOB...) into a store at
+    --out. Interrupted (Ctrl-C, a kill), the same command run again resumes."""
     cfg = ConvertConfig(sources=tuple(sources), out=out, workers=workers, executor=executor,
-                        on_error=on_error, progress=not quiet)
+                        on_error=on_error, progress=not quiet, connect_timeout=connect_timeout)
     s = convert(cfg)
+    if s["repaired_manifest"]:
+        click.echo(f"warning: {os.path.join(out, MANIFEST)} was damaged ({s['repaired_manifest']}"
+                   "); rewritten from the parts", err=True)
+    for path in s["empty_sources"]:
+        click.echo(f"warning: {path}: empty file (0 bytes); its part holds no records", err=True)
     t = s["totals"]
     click.echo(f"{out}: {s['converted']} part(s) converted now, {t['parts']} in the store; "
                f"{t['videos']} frame-level videos, {t['frames']} frames, "
@@ -58,9 +68,17 @@ def info_cmd(store, as_json) -> None:
 
 @click.command("verify")
 @click.argument("store", type=click.Path(exists=True, file_okay=False))
-def verify_cmd(store) -> None:
+@click.option("--sources", "sources", is_flag=True,
+              help="Also re-read each part's source shard and check its size and CRC-32C "
+                   "(found at the path recorded relative to STORE, or in --source-dir).")
+@click.option("--source-dir", type=click.Path(exists=True, file_okay=False),
+              help="With --sources: look for the shards by name in this directory instead.")
+def verify_cmd(store, sources, source_dir) -> None:
     """Re-read every table and array of STORE and check them against its manifest."""
-    problems = verify_store(store, progress=sys.stderr.isatty())
+    if source_dir and not sources:
+        raise click.UsageError("--source-dir is only used with --sources")
+    problems = verify_store(store, progress=sys.stderr.isatty(), sources=sources,
+                            source_dir=source_dir)
     if problems:
         for p in problems:
             click.echo(f"MISMATCH {p}", err=True)

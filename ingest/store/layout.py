@@ -14,6 +14,7 @@ import re
 import threading
 from pathlib import Path
 
+import google_crc32c
 import numpy as np
 import pyarrow as pa
 
@@ -25,7 +26,9 @@ except ImportError:  # no wheel for the platform: zlib's, the same values, ~10x 
 from ingest.codec.video import AUDIO_BYTES, RGB_BYTES
 from ingest.errors import IngestError
 
-FORMAT_VERSION = 2  # bump when the layout or a table's columns change (docs/store.md)
+# bump when the layout, a table's columns or a JSON file's fields change (docs/store.md);
+# 3: part.json records the source's path, size and mtime, and mined negatives follow §3.6
+FORMAT_VERSION = 3
 MANIFEST = "manifest.json"
 PARTS = "parts"
 TMP = ".tmp"
@@ -34,22 +37,130 @@ PART_JSON = "part.json"
 
 READ_BLOCK = 8 << 20  # block size of checksum passes
 TABLES = ("videos", "segments", "candidates", "video_level")
+COUNT_KEYS = ("videos", "video_level", "frames", "rated_segments", "positives",
+              "outside_video", "unknown_class", "candidates", "skipped_records")  # a part's counts
 
 
 class StoreError(IngestError):
-    """The path is not a complete store, or the store does not match its manifest."""
+    """The path is not a complete store, or the store does not match its manifest.
+
+    `problem`: for a damaged manifest.json or part.json, what is wrong with it (the
+    message adds the file and what to do)."""
+
+    def __init__(self, message: str, problem: str | None = None):
+        super().__init__(message)
+        self.problem = problem
+
+
+# ---------------------------------------------------------------- manifest and part.json
+# Every reader of manifest.json and part.json goes through `read_manifest` and
+# `read_part_json`: a file that is not JSON, or lacks a field or has one of the wrong
+# type, is a one-line StoreError naming the file and saying what to do, never a KeyError
+# later on.
+
+_PART_FIELDS = {
+    "format_version": int, "part": str, "source": str, "source_path": str,
+    "source_bytes": int, "source_mtime_ns": int, "source_crc32c": str, "fold": int,
+    "kind": str, "counts": dict, "skipped_records": list, "files": dict,
+}
+_MANIFEST_FIELDS = {
+    "format_version": int, "frames_layout": dict, "windows_layout": dict, "parts": list,
+    "skipped_shards": list, "totals": dict, "folds": list,
+}
+_TYPE_NAMES = {int: "an integer", str: "a string", dict: "an object", list: "a list"}
+
+
+def _problem(obj, fields: dict) -> str | None:
+    """What is wrong with a JSON object against `fields` (name → type), or None."""
+    if not isinstance(obj, dict):
+        return f"holds {type(obj).__name__ if obj is not None else 'null'}, expected an object"
+    for name, kind in fields.items():
+        value = obj.get(name)
+        if name not in obj:
+            return f"no field {name!r}"
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            return f"field {name!r} is not {_TYPE_NAMES[kind]}"
+    return None
+
+
+def _int_fields(obj: dict, keys, where: str) -> str | None:
+    bad = [k for k in keys if not isinstance(obj.get(k), int) or isinstance(obj.get(k), bool)]
+    return f"{where} lacks the integer {bad[0]!r}" if bad else None
+
+
+def _version_problem(obj) -> str | None:
+    """For a manifest or part.json of another store format: what to say, else None."""
+    if not isinstance(obj, dict):
+        return None
+    version = obj.get("format_version")
+    if "format_version" not in obj and "source_crc32c" in obj:  # a part.json before format 3
+        version = "2 or older"
+    elif not isinstance(version, int) or isinstance(version, bool) or version == FORMAT_VERSION:
+        return None
+    return f"written by store format {version}, this is format {FORMAT_VERSION}"
+
+
+def _part_problem(entry) -> str | None:
+    """What is wrong with one part.json object (or manifest entry), or None."""
+    problem = _version_problem(entry) or _problem(entry, _PART_FIELDS) or _int_fields(
+        entry["counts"], COUNT_KEYS, "field 'counts'")
+    if problem is None and not all(isinstance(k, str) and isinstance(v, str)
+                                   for k, v in entry["files"].items()):
+        problem = "field 'files' is not an object of file name -> checksum strings"
+    return problem
+
+
+def _load_json(file: Path):
+    """The JSON value of `file`, or (None, what is wrong) if it is not JSON."""
+    try:
+        return json.loads(file.read_bytes()), None
+    except UnicodeDecodeError:
+        return None, "not UTF-8 text"
+    except json.JSONDecodeError as err:
+        return None, f"not valid JSON ({err.msg} at line {err.lineno} column {err.colno})"
 
 
 def read_manifest(path) -> dict:
-    """The manifest of the store at `path`; StoreError if the store is incomplete."""
+    """The manifest of the store at `path`, checked field by field.
+
+    StoreError (one line, naming the file) if the store is incomplete (no manifest), of
+    another format version, or damaged (not JSON, a field missing or of the wrong type).
+    """
     file = Path(path) / MANIFEST
     if not file.is_file():
         raise StoreError(f"{path}: not a complete store (no {MANIFEST}; run `ingest convert`)")
-    manifest = json.loads(file.read_text())
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise StoreError(f"{path}: store format {manifest.get('format_version')}, "
-                         f"this reader reads format {FORMAT_VERSION}")
+    manifest, problem = _load_json(file)
+    if (old := _version_problem(manifest)) is not None:
+        raise StoreError(f"{file}: {old} (convert the shards into a new store)")
+    if problem is None:
+        problem = _problem(manifest, _MANIFEST_FIELDS) or _int_fields(
+            manifest["totals"], (*COUNT_KEYS, "parts", "source_bytes"), "field 'totals'")
+    for i, entry in enumerate(manifest["parts"] if problem is None else ()):
+        if (why := _part_problem(entry)) is not None:
+            problem = f"parts[{i}]: {why}"
+            break
+    if problem is not None:
+        raise StoreError(f"{file}: the store is damaged: {problem}; run the same `ingest "
+                         f"convert` again to rebuild the manifest from the parts, then "
+                         f"`ingest verify {path}`", problem)
     return manifest
+
+
+def read_part_json(part_dir) -> dict:
+    """The `part.json` of the part directory `part_dir`, checked field by field.
+
+    StoreError (one line, naming the file) if it is not JSON, lacks a field, has one of
+    the wrong type, or comes from another store format; the remedy it names is to
+    remove the part, so that `ingest convert` converts its shard again.
+    """
+    file = Path(part_dir) / PART_JSON
+    info, problem = _load_json(file)
+    problem = problem or _part_problem(info)
+    if problem is not None:
+        what = problem if _version_problem(info) else f"the store is damaged: {problem}"
+        raise StoreError(f"{file}: {what}; remove {Path(part_dir)} and run `ingest convert` "
+                         f"again to convert its shard again", problem)
+    return info
 
 
 def part_name(source: str) -> str:
@@ -60,17 +171,23 @@ def part_name(source: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", name) or "part"
 
 
-def file_checksum(path) -> tuple[int, str]:
-    """(size in bytes, CRC-32 (zlib's polynomial) of the whole file as 8 hex digits), read
-    in blocks into one reused buffer. The store's file checksums are all this CRC; CRC-32C
-    is the TFRecord's and Zarr's own (record framing, shard index), docs/store.md."""
-    crc, size = 0, 0
+def crc32c(data, value: int = 0) -> int:
+    """CRC-32C (Castagnoli) of `data` continuing `value`, with `crc32`'s argument order."""
+    return google_crc32c.extend(value, data)
+
+
+def file_checksum(path, crc=crc32) -> tuple[int, str]:
+    """(size in bytes, CRC of the whole file as 8 hex digits), read in blocks into one
+    reused buffer. `crc` is CRC-32 (zlib's polynomial) by default: the store's file
+    checksums are all this CRC; CRC-32C (`crc=crc32c`) is the TFRecord's and Zarr's own
+    (record framing, shard index) and part.json's `source_crc32c`, docs/store.md."""
+    value, size = 0, 0
     buf = _read_buffer()
     with open(path, "rb") as f:
         while n := f.readinto(buf):
-            crc = crc32(buf[:n], crc)
+            value = crc(buf[:n], value)
             size += n
-    return size, f"{crc:08x}"
+    return size, f"{value:08x}"
 
 
 _READ_BUFFERS = threading.local()
@@ -83,10 +200,14 @@ def _read_buffer() -> np.ndarray:
 
 
 def write_json_atomic(path: Path, obj) -> None:
-    """Write JSON (sorted keys, stable) under a temporary name, then rename."""
+    """Write JSON (sorted keys, stable) under a temporary name, then rename; the
+    temporary file is removed if anything (Ctrl-C included) stops it half-way."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(obj, indent=1, sort_keys=True) + "\n")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def shard_file(array: Path, k: int, row_ndim: int) -> Path:

@@ -1,14 +1,22 @@
 """`ingest info` and `ingest verify`: a store's counts, and a full re-read against its manifest."""
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
 import numpy as np
 
 from ingest.codec.video import FRAME_BYTES
-from ingest.store.layout import PART_JSON, PARTS, TABLES, file_checksum, read_manifest
+from ingest.store.layout import (
+    PART_JSON,
+    PARTS,
+    TABLES,
+    StoreError,
+    crc32c,
+    file_checksum,
+    read_manifest,
+    read_part_json,
+)
 from ingest.store.segments import (
     NEGATIVE_BYTES,
     WINDOW_FRAMES,
@@ -35,10 +43,13 @@ def store_info(path) -> dict:
     }
 
 
-def verify_store(path, progress: bool = False) -> list[str]:
-    """Re-read every part and compare it with the manifest: every file's CRC-32C, the
+def verify_store(path, progress: bool = False, sources: bool = False,
+                 source_dir=None) -> list[str]:
+    """Re-read every part and compare it with the manifest: every file's CRC-32, the
     tables' row counts (pyarrow), the arrays' shapes and contents (read through zarr,
-    windows recomputed from frames); returns the problems found (empty = ok)."""
+    windows recomputed from frames); with `sources`, also re-read each part's source shard
+    (`source_of`) and compare its size and CRC-32C with those recorded. Returns the
+    problems found (empty = ok)."""
     from tqdm import tqdm
 
     path = Path(path)
@@ -50,6 +61,9 @@ def verify_store(path, progress: bool = False) -> list[str]:
     for entry in tqdm(m["parts"], desc="verify", disable=not progress, file=sys.stderr):
         try:
             problems += [f"{entry['part']}: {p}" for p in _verify_part(path, entry)]
+            if sources:
+                problems += [f"{entry['part']}: {p}" for p in _verify_source(path, entry,
+                                                                             source_dir)]
         except Exception as err:  # noqa: BLE001 - any unreadable file is a finding
             problems.append(f"{entry['part']}: unreadable ({type(err).__name__}: {err})")
     totals = {k: sum(p["counts"][k] for p in m["parts"]) for k in m["parts"][0]["counts"]} \
@@ -60,15 +74,38 @@ def verify_store(path, progress: bool = False) -> list[str]:
     return problems
 
 
+def source_of(store: Path, entry: dict, source_dir=None) -> Path:
+    """Where a part's source shard is looked for: `source_dir / <source base name>` if a
+    directory is given, else part.json's `source_path` taken relative to the store."""
+    if source_dir is not None:
+        return Path(source_dir) / entry["source"]
+    return Path(store) / entry["source_path"]
+
+
+def _verify_source(store: Path, entry: dict, source_dir) -> list[str]:
+    """The part's source, re-read: its size and CRC-32C against part.json's."""
+    src = source_of(store, entry, source_dir)
+    if not src.is_file():
+        return [f"source {src}: not found"]
+    size, crc = file_checksum(src, crc=crc32c)
+    if size != entry["source_bytes"]:
+        return [f"source {src}: {size} bytes, converted from {entry['source_bytes']}"]
+    if crc != entry["source_crc32c"]:
+        return [f"source {src}: CRC-32C {crc}, converted from {entry['source_crc32c']}"]
+    return []
+
+
 def _verify_part(store: Path, entry: dict) -> list[str]:
     import pyarrow.parquet as pq
     import zarr
 
     d = store / PARTS / entry["part"]
     out = []
-    on_disk = json.loads((d / PART_JSON).read_text())
-    if on_disk != entry:
-        out.append("part.json differs from the manifest entry")
+    try:
+        if read_part_json(d) != entry:
+            out.append("part.json differs from the manifest entry")
+    except StoreError as err:
+        out.append(str(err))
     files = {f.relative_to(d).as_posix() for f in d.rglob("*") if f.is_file()} - {PART_JSON}
     listed = set(entry["files"])
     out += [f"{f}: missing" for f in sorted(listed - files)]

@@ -30,11 +30,9 @@ import pyarrow.parquet as pq
 
 from ingest.codec.video import AUDIO_BYTES, FRAME_BYTES, RGB_BYTES, DecodedShard
 from ingest.store import segments as seg
-from ingest.store.layout import SCHEMAS, crc32, file_checksum, shard_file
+from ingest.store.layout import COUNT_KEYS, SCHEMAS, crc32, file_checksum, shard_file
 from ingest.vocab import to_class_index
 
-COUNT_KEYS = ("videos", "video_level", "frames", "rated_segments", "positives",
-              "outside_video", "unknown_class", "candidates", "skipped_records")  # a part's counts
 N_FOLDS = 8  # folds 0..7 for cross-validation, a stable function of the shard's name
 FRAME_CHUNK_ROWS = 512  # frames per inner Zarr chunk (590 KB); chosen by measurement, docs/store.md
 FRAME_SHARD_ROWS = 16384  # frames per Zarr shard file (18.9 MB)
@@ -244,7 +242,8 @@ class PartWriter:
         self.videos.add(frame_offset=fo[:-1] + self.frames.rows_written, n_frames=n_frames,
                         n_rated=np.diff(so))
         self.negatives.append(seg.negatives(chunk.label_offsets, chunk.labels, so,
-                                            chunk.segment_labels, chunk.has_labels).copy())
+                                            chunk.segment_labels, chunk.segment_scores,
+                                            chunk.has_labels).copy())
         self._add_segments(chunk, first, fo, n_frames, so)
         self.frames.append(chunk.frames[: fo[-1]])
 

@@ -86,7 +86,8 @@ def assert_part_matches_decoder(store: Store, part_index: int, shard: Path) -> N
     # mined negatives
     neg = store.negatives(packed=True)[v["video_row"].to_numpy()]
     np.testing.assert_array_equal(neg, seg.negatives_numpy(
-        dec.label_offsets, dec.labels, so, dec.segment_labels, dec.has_labels))
+        dec.label_offsets, dec.labels, so, dec.segment_labels, dec.segment_scores,
+        dec.has_labels))
 
 
 @pytest.mark.slow

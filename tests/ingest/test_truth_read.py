@@ -6,7 +6,7 @@ import json
 import polars as pl
 import pytest
 
-from ingest.store.layout import FORMAT_VERSION
+from ingest.store.layout import COUNT_KEYS, FORMAT_VERSION
 from ingest.store.truth import TRUTH_SCHEMA, TruthError, read_truth
 
 
@@ -30,8 +30,17 @@ def test_truth_file(tmp_path):
 
 
 def write_manifest(store, parts):
+    """A manifest as `ingest convert` writes it, listing `parts` (their tables are the
+    test's; the counts and checksums are not looked at by the truth reader)."""
+    counts = dict.fromkeys(COUNT_KEYS, 0)
+    entries = [{"format_version": FORMAT_VERSION, "part": p, "source": f"{p}.tfrecord",
+                "source_path": f"../{p}.tfrecord", "source_bytes": 0, "source_mtime_ns": 0,
+                "source_crc32c": "00000000", "fold": 0, "kind": "frame", "counts": counts,
+                "skipped_records": [], "files": {}} for p in parts]
     (store / "manifest.json").write_text(json.dumps(
-        {"format_version": FORMAT_VERSION, "parts": [{"part": p} for p in parts]}))
+        {"format_version": FORMAT_VERSION, "frames_layout": {}, "windows_layout": {},
+         "parts": entries, "skipped_shards": [], "folds": [0],
+         "totals": {**counts, "parts": len(parts), "source_bytes": 0}}))
 
 
 def test_store_parts_concatenated_and_widths_cast(tmp_path):
