@@ -2,9 +2,15 @@
 
 Each command lives in its own module and is registered below.
 """
-import click
+from ingest.cli.interrupt import quiet_while_importing
 
-from ingest.cli.util import Group
+with quiet_while_importing():  # Ctrl-C while the modules below import: exit 130, one line
+    import click
+
+    from ingest.cli.decode import decode_cmd
+    from ingest.cli.store import convert_cmd, info_cmd, verify_cmd
+    from ingest.cli.synth import synth
+    from ingest.cli.util import Group
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -13,16 +19,8 @@ def main() -> None:
 
 
 # Commands are registered here, one line each:
-from ingest.cli.synth import synth
-
 main.add_command(synth)
-
-from ingest.cli.store import convert_cmd, info_cmd, verify_cmd
-
 main.add_command(convert_cmd)
 main.add_command(info_cmd)
 main.add_command(verify_cmd)
-
-from ingest.cli.decode import decode_cmd
-
 main.add_command(decode_cmd)
