@@ -55,7 +55,10 @@ class SlantedTriangular:
     only, go into the scheduler's state_dict, which a plain function would not)."""
 
     def __init__(
-        self, total_steps: int, warmup_fraction: float = WARMUP_FRACTION, ratio: float = ULMFIT_RATIO
+        self,
+        total_steps: int,
+        warmup_fraction: float = WARMUP_FRACTION,
+        ratio: float = ULMFIT_RATIO,
     ):
         slanted_triangular(0, total_steps, warmup_fraction, ratio)  # validates the arguments
         self.total_steps = total_steps

@@ -82,7 +82,8 @@ def test_every_torch_norm_layer_is_exempt():
 
     model = Zoo()
     by = {g["name"]: _names(model, g) for g in parameter_groups(model, 1e-3, 0.1)}
-    assert by["decay"] == {"scale", "linear.weight", "plain.weight", "conv.weight", "embedding.weight"}
+    weights = {"linear.weight", "plain.weight", "conv.weight", "embedding.weight"}
+    assert by["decay"] == weights | {"scale"}
     assert "norms.2.weight" in by["no_decay"]  # nn.RMSNorm
     assert by["no_decay"] == _norm_parameters(model) | {"linear.bias", "conv.bias"}
 

@@ -82,7 +82,8 @@ def test_state_dict_round_trips_through_json():
     for _ in range(k):
         opt.step()
         sched.step()
-    saved = json.loads(json.dumps({"opt": opt.state_dict()["param_groups"], "s": sched.state_dict()}))
+    saved = {"opt": opt.state_dict()["param_groups"], "s": sched.state_dict()}
+    saved = json.loads(json.dumps(saved))
     assert saved["s"]["lr_lambdas"][0]["total_steps"] == total
     fresh_opt, fresh = _setup(1000)  # another length: the saved one must win
     groups = fresh_opt.state_dict()
