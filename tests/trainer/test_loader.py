@@ -187,14 +187,15 @@ def test_candidate_batches_hold_whole_videos_in_store_order(testset_store):
     assert contexts == cand["video_row"].n_unique()  # each video's context once
 
 
-def test_candidate_ranks_take_contiguous_ranges(testset_store):
+def test_candidate_ranks_take_contiguous_runs_of_the_same_batches(testset_store):
+    """Two ranks compute exactly the batches one process computes, split in two runs."""
     index = StoreIndex.build(testset_store)
-    parts = []
-    for rank in range(2):
-        cfg = LoaderConfig(kind="candidates", batch_size=32, world_size=2, rank=rank)
-        parts.append([int(x) for b in Loader(index, cfg) for x in b.rows])
-    assert parts[0] + parts[1] == list(range(len(testset_store.candidates)))
-    assert parts[0] and parts[1]
+    one = [b.rows.tolist() for b in Loader(index, LoaderConfig(kind="candidates", batch_size=32))]
+    ranks = [[b.rows.tolist() for b in Loader(index, LoaderConfig(
+        kind="candidates", batch_size=32, world_size=2, rank=r))] for r in range(2)]
+    assert ranks[0] + ranks[1] == one
+    assert ranks[0] and ranks[1]
+    assert sum(one, []) == list(range(len(testset_store.candidates)))
 
 
 def test_negatives_unpack_like_the_store(vindex, validate_store):

@@ -200,6 +200,124 @@ class Loader:
         return plan
 
     def _candidate_plan(self) -> _Plan:
+        """Batches of whole videos (at most B candidates, at least one video) in store order,
+        the same whatever the world size; rank r takes a contiguous run of them holding
+        about N / W candidates (so W ranks compute exactly the batches one process does)."""
+        c, video = self.config, self.index.cand_video
+        starts = np.nonzero(np.concatenate([[True], video[1:] != video[:-1]]))[0]
+        ends = np.append(starts[1:], len(video))
+        bounds, a = [0], 0  # start of each batch, then the end of the last
+        for s, e in zip(starts.tolist(), ends.tolist()):
+            if e - a > c.batch_size and s > a:  # this video does not fit: next batch
+                a = s
+                bounds.append(a)
+            while e - a > c.batch_size:  # a video of more candidates than B (B < 53)
+                a += c.batch_size
+                bounds.append(a)
+        if len(video):
+            bounds.append(len(video))
+        bounds = np.asarray(bounds, np.int64)
+        cuts = np.searchsorted(bounds, np.arange(c.world_size + 1) * len(video) / c.world_size)
+        cuts[-1] = len(bounds) - 1
+        mine = bounds[cuts[c.rank]:cuts[c.rank + 1] + 1]
+        rows = np.arange(len(video), dtype=np.int64)
+        return _Plan(rows, np.ones(len(video), bool), mine)
+
+    def __len__(self) -> int:
+        return len(self.rows) if self.bounds is None else len(self.bounds) - 1
+
+    def batch(self, b: int) -> tuple[np.ndarray, np.ndarray]:
+        if self.bounds is None:
+            return self.rows[b], self.valid[b]
+        a, z = self.bounds[b], self.bounds[b + 1]
+        return self.rows[a:z], self.valid[a:z]
+
+
+class Loader:
+    """Batches of one kind from a store (see the module docstring)."""
+
+    def __init__(self, store: Store | StoreIndex | str | Path, config: LoaderConfig):
+        config.check()
+        self.config = config
+        self.index = store if isinstance(store, StoreIndex) else StoreIndex.build(store)
+        self.device = torch.device(config.device)
+        self.samples = self._samples()
+        self.epoch, self.position = 0, 0
+        self._plan_cache: tuple[int, _Plan] | None = None
+        pin = self.device.type == "cuda"
+        capacity = {"B": config.batch_size, "L": config.frames_cap, "V": config.batch_size}
+        self._slot_capacity = capacity
+        self._n_slots = config.threads + config.batches_ahead + 1
+        self._slots = [HostSlot(config.kind, capacity, pin, skip=self._unused_fields())
+                       for _ in range(self._n_slots)]
+        self._stream = torch.cuda.Stream(self.device) if pin else None
+
+    # ------------------------------------------------------------ what an epoch holds
+    def _unused_fields(self) -> tuple[str, ...]:
+        if self.config.kind == "candidates" and not self.config.with_context:
+            return ("context", "context_mask", "context_rows")
+        return ()
+
+    def _where(self) -> str:
+        folds = self.config.folds
+        return str(self.index.store.path) + ("" if folds is None else f" (folds {list(folds)})")
+
+    def _video_filter(self) -> np.ndarray:
+        ix, folds = self.index, self.config.folds
+        keep = np.ones(ix.n_videos, bool) if folds is None else np.isin(ix.fold, folds)
+        if folds is not None and not keep.any():
+            raise LoaderError(f"{self.index.store.path}: no video in folds {list(folds)} "
+                              f"(the store's folds: {sorted(set(ix.fold.tolist()))})")
+        return keep
+
+    def _samples(self) -> np.ndarray:
+        """Sample ids in store order: video rows, segment rows or candidate rows."""
+        ix, kind = self.index, self.config.kind
+        keep = self._video_filter()
+        if kind == "video":
+            keep &= ix.n_frames > 0
+            if self.config.skip_unlabelled:
+                keep &= ix.labelled_videos()
+            out = np.nonzero(keep)[0]
+            what = "labelled videos" if self.config.skip_unlabelled else "videos with frames"
+        elif kind in ("segment", "aware"):
+            out = np.nonzero(ix.seg_usable & keep[ix.seg_video])[0]
+            what = ("rated segments (segment batches need a store of frame-level shards "
+                    "with segment ratings, such as validate)")
+        else:
+            out = np.arange(len(ix.cand_video))
+            what = "candidate segments (videos of more than 40 frames)"
+        if len(out) == 0:
+            raise LoaderError(f"{self._where()}: no {what}")
+        return out.astype(np.int64)
+
+    def _sample_parts(self) -> np.ndarray:
+        ix = self.index
+        if self.config.kind == "video":
+            return ix.video_part[self.samples]
+        return ix.seg_part[self.samples]
+
+    def plan(self, epoch: int) -> _Plan:
+        """The batches of `epoch` for this rank (cached for the current epoch)."""
+        if self._plan_cache is not None and self._plan_cache[0] == epoch:
+            return self._plan_cache[1]
+        c = self.config
+        if c.kind == "candidates":
+            plan = self._candidate_plan()
+        else:
+            order = self.samples
+            if c.train:
+                order = epoch_order(self.samples, self._sample_parts(), c.seed, epoch,
+                                    c.group_size, c.shuffle_buffer)
+            rows, valid = partition(order, c.batch_size, c.world_size, c.rank, c.drop_last)
+            if len(rows) == 0:
+                raise LoaderError(f"{self._where()}: {len(order)} samples, fewer than one "
+                                  f"global batch of {c.batch_size * c.world_size} with drop_last")
+            plan = _Plan(rows, valid)
+        self._plan_cache = (epoch, plan)
+        return plan
+
+    def _candidate_plan(self) -> _Plan:
         """Whole videos per batch (at most B candidates, at least one video), store order;
         rank r gets a contiguous range of videos holding about N / W candidates."""
         c, video = self.config, self.index.cand_video
@@ -234,7 +352,7 @@ class Loader:
     def load_state_dict(self, state: dict) -> None:
         mine = asdict(self.config)
         theirs = state.get("config", {})
-        for key in ("kind", "seed", "batch_size", "world_size", "rank", "folds", "train"):
+        for key in ("kind", "seed", "batch_size", "world_size", "folds", "train"):  # any rank
             if key in theirs and _norm(theirs[key]) != _norm(mine[key]):
                 raise LoaderError(f"loader state is for {key} = {theirs[key]}, "
                                   f"this loader has {mine[key]}")
