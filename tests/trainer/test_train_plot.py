@@ -1,0 +1,93 @@
+"""Training curves (trainer/plot.py): a valid PNG for two fake runs, one line per run and
+metric, and the metrics log's rules (resumed steps, a cut last line, bad records)."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+from matplotlib.image import imread
+
+from trainer.errors import TrainerError
+from trainer.plot import draw_runs, plot_runs, read_metrics
+
+
+def _write(run, records, tail=""):
+    run.mkdir(parents=True)
+    text = "".join(json.dumps(r) + "\n" for r in records) + tail
+    (run / "metrics.jsonl").write_text(text)
+
+
+def _fake_run(run, segment: bool):
+    records = []
+    for step in range(10, 101, 10):
+        records.append({"step": step, "split": "train", "loss": 1.0 / step, "lr": 1e-4 * step,
+                        "samples_per_s": 100.0})
+        if step % 50 == 0:
+            ev = {"step": step, "split": "eval", "loss": 2.0 / step}
+            ev.update({"auc": 0.5 + step / 400} if segment else
+                      {"recall": step / 200, "precision": 1 - step / 400})
+            records.append(ev)
+    _write(run, records)
+    return records
+
+
+def test_two_runs_make_a_png(tmp_path):
+    _fake_run(tmp_path / "finetune", segment=True)
+    _fake_run(tmp_path / "pretrain", segment=False)
+    out = plot_runs([tmp_path / "finetune", tmp_path / "pretrain"], tmp_path / "curves.png")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    image = imread(out)
+    assert image.ndim == 3 and image.shape[0] > 400 and image.shape[1] > 600
+    assert np.unique(image.reshape(-1, image.shape[2]), axis=0).shape[0] > 10  # not blank
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_one_line_per_run_and_metric(tmp_path):
+    seg = _fake_run(tmp_path / "a" / "run", segment=True)
+    _fake_run(tmp_path / "b" / "run", segment=False)
+    runs = {"seg": read_metrics(tmp_path / "a" / "run"),
+            "pre": read_metrics(tmp_path / "b" / "run")}
+    train, evaluation, metric, rate = draw_runs(runs).axes
+    assert [line.get_label() for line in train.get_lines()] == ["seg", "pre"]
+    assert [line.get_label() for line in metric.get_lines()] == ["seg auc", "pre recall",
+                                                                  "pre precision"]
+    steps = [r["step"] for r in seg if r["split"] == "eval"]
+    np.testing.assert_array_equal(evaluation.get_lines()[0].get_xdata(), steps)
+    np.testing.assert_allclose(metric.get_lines()[0].get_ydata(), [0.625, 0.75])
+    assert train.get_yscale() == "log" and metric.get_yscale() == "linear"
+    assert len(rate.get_lines()) == 2
+    # Two runs of the same directory name are told apart by their parents.
+    plot_runs([tmp_path / "a" / "run", tmp_path / "b" / "run"], tmp_path / "c.png")
+
+
+def test_resumed_steps_cut_line_and_nan(tmp_path):
+    records = [
+        {"step": 1, "split": "train", "loss": 0.9},
+        {"step": 2, "split": "train", "loss": 0.8},
+        {"step": 2, "split": "eval", "loss": float("nan"), "auc": float("nan")},
+        {"step": 2, "split": "train", "loss": 0.7},  # logged again after a resume
+        {"step": 3, "split": "train", "loss": 0.6},
+    ]
+    _write(tmp_path / "run", records, tail='{"step": 4, "spl')
+    got = read_metrics(tmp_path / "run")
+    assert [(r["split"], r["step"], r["loss"]) for r in got if r["split"] == "train"] == [
+        ("train", 1, 0.9), ("train", 2, 0.7), ("train", 3, 0.6)]
+    assert math.isnan(got[0]["auc"])
+    plot_runs([tmp_path / "run"], tmp_path / "x.png")  # NaN only: "no data yet" panels
+
+
+@pytest.mark.parametrize("text, match", [
+    ('{"step": 1, "split": "train", "loss": 1}\nnot json\n{"step": 2}\n', "line 2: not JSON"),
+    ('{"step": 1, "split": "test", "loss": 1}\n', "line 1: not a metrics record"),
+    ('[1, 2]\n', "line 1: not a metrics record"),
+])
+def test_bad_logs_are_one_line_errors(tmp_path, text, match):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "metrics.jsonl").write_text(text)
+    with pytest.raises(TrainerError, match=match):
+        plot_runs([tmp_path / "run"], tmp_path / "x.png")
+    with pytest.raises(TrainerError, match="cannot read the metrics log"):
+        plot_runs([tmp_path / "absent"], tmp_path / "x.png")
+    assert not (tmp_path / "x.png").exists()
