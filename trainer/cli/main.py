@@ -13,3 +13,6 @@ def main() -> None:
 from trainer.cli.models import models_command
 
 main.add_command(models_command)
+from trainer.cli.data import loader_bench_command
+
+main.add_command(loader_bench_command)
