@@ -12,6 +12,10 @@ of size λD and split into G groups x̃_tg of size d = λD/G:
 
 then intra-normalisation (L2 over d for each k), flatten, batch norm, cluster dropout.
 
+Both L2 normalisations (`l2_normalize`) compute in float32 at least, so all-zero padded
+frames stay finite in fp16 (F.normalize's eps of 1e-12 underflows to 0 in fp16, and
+0 / 0 is NaN); float32 results are F.normalize's, bit for bit.
+
 The residual tensor (B, L, K, G, d) is never built: with w_tgk = a_tg α_tgk,
 v_k = Σ_{t,g} w_tgk x̃_tg − (Σ_{t,g} w_tgk) c_k, one batched matmul over the L·G axis.
 """
@@ -22,6 +26,24 @@ import torch.nn.functional as F
 from torch import nn
 
 from trainer.layers.masking import MaskedBatchNorm1d
+
+# F.normalize's default: norms below it are clamped (a near-empty cluster stays near 0).
+NORM_EPS = 1e-12
+
+
+def l2_normalize(x: torch.Tensor, eps: float = NORM_EPS) -> torch.Tensor:
+    """`x (..., n)` / max(‖x‖₂, eps) over the last axis, as F.normalize; in x's dtype.
+
+    The values are F.normalize's bit for bit in float32 and float64. fp16 / bf16 are
+    widened to float32 for the norm and the division (F.normalize in fp16 rounds eps to 0
+    and gives 0 / 0 = NaN on a zero vector; its squares overflow past 65504). A zero
+    vector is divided by 1 instead of eps: the same 0, but a finite gradient (g, not
+    g / eps, which is inf in fp16 and NaN once masked).
+    """
+    wide = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+    norm = torch.linalg.vector_norm(wide, dim=-1, keepdim=True)
+    denominator = norm.clamp_min(eps).masked_fill(norm == 0, 1.0)
+    return (wide / denominator).to(x.dtype)
 
 
 def dropout_rows(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
@@ -67,12 +89,12 @@ class NeXtVLAD(nn.Module):
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         batch, length = x.shape[:2]
-        x = self.expand(F.normalize(x, dim=-1))  # (B, L, λD)
+        x = self.expand(l2_normalize(x))  # (B, L, λD)
         w = self.weights(x, mask).view(batch, length * self.groups, self.clusters)
         parts = x.view(batch, length * self.groups, self.group_dim)  # x̃_tg: (B, L·G, d)
         vlad = torch.bmm(w.transpose(1, 2), parts)  # Σ w x̃: (B, K, d)
         vlad = vlad - w.sum(dim=1)[:, :, None] * self.centroids  # − (Σ w) c_k
-        vlad = F.normalize(vlad, dim=-1)  # intra-normalisation
+        vlad = l2_normalize(vlad)  # intra-normalisation
         vlad = self.out_norm(vlad.reshape(batch, -1)).view(batch, self.clusters, -1)
         return dropout_rows(vlad, self.cluster_dropout, self.training).reshape(batch, -1)
 
