@@ -98,12 +98,20 @@ def scan_records(buf: np.ndarray, nbytes: int, *, path: str, file_offset: int,
         left = nbytes - pos
         if left < HEADER_BYTES:
             if left and where + HEADER_BYTES > file_size:
+                if where == 0:  # the whole file is shorter than one header
+                    raise ShardError(path, rec, where, not_tfrecord(
+                        bytes(buf[:left]), f"{file_size} bytes, less than one 12-byte record "
+                        "header", maybe_corrupt=False))
                 raise ShardError(path, rec, where, f"truncated record header ({file_size - where} "
                                  f"of {HEADER_BYTES} bytes)")
             need = HEADER_BYTES if left else 0
             break
         length, length_crc = _HEADER.unpack_from(buf, pos)
         if _mask(value(buf[pos : pos + 8])) != length_crc:
+            if where == 0:  # the first record: most likely another kind of file
+                raise ShardError(path, rec, where, not_tfrecord(
+                    bytes(buf[pos : pos + HEADER_BYTES]), "its first 12 bytes are not a record "
+                    "header: the CRC-32C of the length does not match", maybe_corrupt=True))
             raise ShardError(path, rec, where, "length CRC mismatch (corrupt record length)")
         total = HEADER_BYTES + length + FOOTER_BYTES
         if where + total > file_size:
@@ -128,6 +136,26 @@ def scan_records(buf: np.ndarray, nbytes: int, *, path: str, file_offset: int,
     return _spans(np.array(heads, np.int64), np.array(all_lengths, np.int64),
                   np.array(data_crcs, np.uint32), np.array(ok, bool), file_offset,
                   first_record, pos, need)
+
+
+# What a file that is not a TFRecord file is, from its first bytes (for the message).
+_MAGIC = ((b"PAR1", "a Parquet file"), (b"\x93NUMPY", "a NumPy .npy file"),
+          (b"PK\x03\x04", "a zip archive"),
+          (b"\x1f\x8b", "a gzip-compressed file (decompress it first)"),
+          (b"\x28\xb5\x2f\xfd", "a zstd-compressed file (decompress it first)"))
+
+
+def not_tfrecord(head: bytes, why: str, maybe_corrupt: bool) -> str:
+    """The reason given for a file whose first record header is not one: `why`, what the
+    file looks like when its first bytes say so, else (`maybe_corrupt`) that the header
+    may also be a TFRecord file's, corrupted."""
+    kind = next((name for magic, name in _MAGIC if head.startswith(magic)), None)
+    if kind is None and head and all(32 <= c < 127 or c in b"\t\r\n" for c in head):
+        kind = "text"
+    if kind:
+        return f"not a TFRecord file ({why}); it looks like {kind}"
+    return f"not a TFRecord file ({why})" + (
+        ", or a TFRecord file whose first record header is corrupt" if maybe_corrupt else "")
 
 
 def _spans(heads, all_lengths, data_crcs, kept, file_offset, first_record, consumed,
