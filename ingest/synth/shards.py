@@ -258,13 +258,29 @@ def _write_parquet_atomic(table: pl.DataFrame, path: Path) -> None:
             tmp.unlink()
 
 
-def write_synth(config: SynthConfig, progress: bool = True) -> list[Path]:
-    """Write `config.shards` shards of `config.split` into `config.out_dir`; returns the paths.
+def output_paths(config: SynthConfig) -> list[Path]:
+    """The files `write_synth` writes for `config`: its shards, then `truth.parquet` (test)."""
+    out = Path(config.out_dir)
+    paths = [out / shard_name(config.split, k, config.shards) for k in range(config.shards)]
+    return paths + ([out / TRUTH_FILE] if config.split == "test" else [])
+
+
+def write_synth(config: SynthConfig, progress: bool = True,
+                overwrite: bool = True) -> list[Path]:
+    """Write `config.shards` shards of `config.split` into `config.out_dir`; returns the paths
+    (`output_paths`).
 
     For `test`, also writes `truth.parquet` covering every shard written (last in the list).
-    Each file is written to a temporary name and renamed when complete.
+    Each file is written to a temporary name and renamed when complete. With
+    `overwrite=False` (`ingest synth` without `--overwrite`), IngestError naming the first
+    of those files that exists already, before anything is written.
     """
     out = Path(config.out_dir)
+    existing = [p for p in output_paths(config) if p.exists()]
+    if existing and not overwrite:
+        more = f" (and {len(existing) - 1} more of the files to write)" if existing[1:] else ""
+        raise IngestError(f"{existing[0]}: exists already{more}; give --overwrite to replace "
+                          "them, or another OUT_DIR")
     out.mkdir(parents=True, exist_ok=True)
     paths, truth = [], []
     bar = tqdm(total=config.shards * config.videos_per_shard, unit="video",

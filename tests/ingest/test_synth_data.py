@@ -270,3 +270,32 @@ def test_cli_user_mistake_is_one_line(tmp_path):
 def test_cli_help():
     res = CliRunner().invoke(main, ["synth", "--help"])
     assert res.exit_code == 0 and "--edge-cases" in res.output and "--world-seed" in res.output
+
+
+@pytest.mark.parametrize("split, clash", [("validate", "validate-00001-of-00002.tfrecord"),
+                                          ("test", "truth.parquet")])
+def test_cli_refuses_to_overwrite_unless_asked(tmp_path, split, clash):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / clash).write_bytes(b"someone's file")
+    (out / "other.txt").write_text("not ours to touch")
+    args = ["synth", str(out), "--split", split, "--shards", "2", "--videos-per-shard", "2",
+            "--quiet"]
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 1
+    lines = res.output.strip().splitlines()
+    assert lines == [(f"Error: {out / clash}: exists already; give --overwrite to replace "
+                      "them, or another OUT_DIR")]
+    assert sorted(p.name for p in out.iterdir()) == sorted([clash, "other.txt"])  # untouched
+    assert (out / clash).read_bytes() == b"someone's file"
+    res = CliRunner().invoke(main, [*args, "--overwrite"])
+    assert res.exit_code == 0, res.output
+    assert (out / clash).read_bytes() != b"someone's file"
+    assert (out / "other.txt").read_text() == "not ours to touch"
+    again = CliRunner().invoke(main, args)  # now every file it would write exists
+    assert again.exit_code == 1
+    first = "test-00000-of-00002.tfrecord" if split == "test" else \
+        "validate-00000-of-00002.tfrecord"
+    n_files = 3 if split == "test" else 2
+    assert f"{out / first}: exists already (and {n_files - 1} more of the files to write)" \
+        in again.output
