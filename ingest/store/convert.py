@@ -226,15 +226,15 @@ def _run_local(cfg: ConvertConfig, todo: list[str]):
                     yield fut.result()
             finished = True
         finally:
-            for fut in pending:
-                fut.cancel()
             if not finished:  # Ctrl-C or a failed shard: stop the workers now; the parts
                 _stop_workers(pool)  # they were writing are in .tmp, which is removed
 
 
 def _stop_workers(pool: ProcessPoolExecutor) -> None:
     """Terminate a pool's worker processes and wait for them (their shards are left
-    unconverted; `shutdown` would wait for every running conversion to finish)."""
+    unconverted; `shutdown` would wait for every running conversion to finish). The pool
+    then fails its pending futures itself; they are not cancelled first, as Python 3.11's
+    pool then raises InvalidStateError in its own thread (a traceback on stderr)."""
     procs = list((pool._processes or {}).values())  # no public API before Python 3.14
     for proc in procs:
         proc.terminate()
@@ -265,9 +265,9 @@ def dask_client(cfg: ConvertConfig):
               f"(waiting up to {cfg.connect_timeout:g} s)", file=sys.stderr, flush=True)
     try:
         return Client(address, timeout=cfg.connect_timeout)
-    except (OSError, TimeoutError) as err:
+    except (OSError, TimeoutError):
         raise IngestError(f"--executor {cfg.executor}: no Dask scheduler answered at {address} "
-                          f"within {cfg.connect_timeout:g} s ({type(err).__name__}); is it "
+                          f"within {cfg.connect_timeout:g} s; is it "
                           "running? (--connect-timeout sets the wait)") from None
 
 

@@ -1,4 +1,9 @@
-"""Resumable, idempotent, parallel: kill-and-resume, re-run, and a real Dask cluster."""
+"""Resumable, idempotent, parallel: kill-and-resume, Ctrl-C-and-resume, re-run, and a real
+Dask cluster.
+
+Ctrl-C is SIGINT to the process group, as a terminal sends it: exit status 130, one line
+saying that the same command resumes, no traceback, also while the command line is still
+importing its modules."""
 from __future__ import annotations
 
 import os
@@ -40,31 +45,54 @@ def reference(shards, tmp_path_factory) -> Path:
     return out
 
 
-@pytest.mark.slow
-def test_kill_and_resume_equals_uninterrupted(shards, reference, tmp_path):
-    out = tmp_path / "store"
-    cmd = INGEST + ["convert", str(shards[0].parent / "*.tfrecord"), "--out", str(out),
-                    "--workers", "2", "--quiet"]
-    proc = subprocess.Popen(cmd, start_new_session=True, stderr=subprocess.PIPE)
+def start(cmd: list[str]) -> subprocess.Popen:
+    """`cmd` in a new process group (its pool workers join it), output captured as text."""
+    return subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def wait_until(proc: subprocess.Popen, ready, what: str) -> None:
+    """Poll `ready()` every millisecond or two while `proc` runs (an error if it ends first)."""
     deadline = time.monotonic() + 120
-    try:
-        while not list(out.glob("parts/*/part.json")):  # the first part appears ...
-            assert proc.poll() is None, proc.stderr.read().decode()
-            assert time.monotonic() < deadline, "no part appeared"
-            time.sleep(0.002)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # ... and the run dies, workers included
-        proc.wait()
-    assert not (out / "manifest.json").exists(), "the run finished before the kill"
+    while not ready():
+        assert proc.poll() is None, proc.communicate()[1]
+        assert time.monotonic() < deadline, f"{what} never happened"
+        time.sleep(0.001)
+
+
+def first_part(out: Path):
+    """`wait_until`'s condition: a part of the store `out` is complete."""
+    return lambda: list(out.glob("parts/*/part.json"))
+
+
+def assert_resumes(cmd: list[str], out: Path, shards, reference: Path) -> None:
+    """After a stopped run of `cmd`: some parts, no manifest; the same command again
+    converts only the rest, and the store is the uninterrupted one, byte for byte."""
+    assert not (out / "manifest.json").exists(), "the run finished before it was stopped"
     n_parts = len(list(out.glob("parts/*/part.json")))
     assert 1 <= n_parts < len(shards)
     with pytest.raises(StoreError, match="not a complete store"):
         Store(out)
-    done = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(cmd + ["--quiet"], check=False, capture_output=True, text=True,
+                          timeout=300)
     assert done.returncode == 0, done.stderr
     assert f"{len(shards) - n_parts} part(s) converted now" in done.stderr
     assert not (out / ".tmp").exists()
     assert tree(out) == tree(reference)
+
+
+@pytest.mark.slow
+def test_kill_and_resume_equals_uninterrupted(shards, reference, tmp_path):
+    out = tmp_path / "store"
+    cmd = INGEST + ["convert", str(shards[0].parent / "*.tfrecord"), "--out", str(out),
+                    "--workers", "2"]
+    proc = start(cmd)
+    try:
+        wait_until(proc, first_part(out), "a complete part")  # the first part appears ...
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # ... and the run dies, workers included
+        proc.wait()
+    assert_resumes(cmd, out, shards, reference)
 
 
 def test_rerun_on_complete_store_changes_nothing(shards, reference):
@@ -113,3 +141,51 @@ def test_threads_of_one_process_convert_independently(shards, reference, tmp_pat
     assert [r["status"] for r in results] == ["converted"] * len(shards)
     convert(ConvertConfig(sources=tuple(map(str, shards)), out=str(out), progress=False))
     assert tree(out) == tree(reference)
+
+
+# ---------------------------------------------------------------- Ctrl-C
+
+RESUME = ("Interrupted; the parts converted so far are kept: run the same command again "
+          "to resume.")
+
+
+def interrupt(proc: subprocess.Popen) -> tuple[int, str]:
+    """SIGINT to the whole process group (workers too, as a terminal's Ctrl-C does); the
+    exit status and stderr, which must hold no traceback."""
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    assert "Aborted!" not in err, err
+    return proc.returncode, err
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs Linux's /proc")
+@pytest.mark.parametrize("library", ["/numpy/", "/numba/", "/pyarrow/"])
+def test_interrupt_while_importing(shards, tmp_path, library):
+    """Ctrl-C once the process has loaded `library` (/proc/PID/maps): a point inside the
+    ~0.5 s the command line spends importing, however loaded the machine is (a fixed delay
+    may still fall in Python's own start-up, ~30 ms, before any code of ours runs)."""
+    out = tmp_path / "store"
+    proc = start(INGEST + ["convert", str(shards[0].parent / "*.tfrecord"), "--out", str(out)])
+    maps = Path(f"/proc/{proc.pid}/maps")
+    wait_until(proc, lambda: library in maps.read_text(), f"loading {library}")
+    code, err = interrupt(proc)
+    assert code == 130, err
+    assert err.strip().splitlines()[-1] in (
+        "Interrupted while starting; nothing was done.", RESUME), err
+    assert not first_part(out)()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workers", [1, 2])
+def test_interrupt_and_resume_equals_uninterrupted(shards, reference, tmp_path, workers):
+    out = tmp_path / "store"
+    cmd = INGEST + ["convert", str(shards[0].parent / "*.tfrecord"), "--out", str(out),
+                    "--workers", str(workers)]
+    proc = start(cmd)
+    wait_until(proc, first_part(out), "a complete part")  # the first part is complete ...
+    code, err = interrupt(proc)  # ... and Ctrl-C
+    assert code == 130, err
+    assert err.strip().splitlines()[-1] == RESUME
+    assert not (out / ".tmp").exists()  # no half-written part left
+    assert_resumes(cmd, out, shards, reference)
