@@ -5,11 +5,10 @@ import json
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
-from ingest.cli.main import main
 from ingest.codec.decode import ShardDecoder
 from ingest.store import Store
+from tests.ingest.clirun import one_line_error, run
 from tests.ingest.test_convert_content import synth_shards
 
 
@@ -27,16 +26,6 @@ def corrupt_copy(src: Path, dst: Path, record: int) -> int:
     return int(offsets[record])
 
 
-def run(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
-
-
-def one_line_error(result) -> str:
-    assert result.exit_code == 1, result.output
-    lines = [ln for ln in result.output.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
-    assert "Traceback" not in result.output
-    return lines[0]
 
 
 def test_corrupt_shard_stops_with_one_line_and_no_store(good, tmp_path):
