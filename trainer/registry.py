@@ -65,6 +65,13 @@ def _pair(context: VideoModelConfig, segment: VideoModelConfig, fc_dim: int, mix
     )
 
 
+def aware_config(context: VideoModelConfig, segment: VideoModelConfig) -> ContextAwareConfig:
+    """A context-aware model of two video models' encoders (pairs not in the registry): the
+    FC as wide as the wider encoder, the 2-mixture head of Table 5."""
+    return _pair(context, segment, fc_dim=max(context.encoder.fc_dim, segment.encoder.fc_dim),
+                 mixtures=2)
+
+
 def _m(x: float) -> tuple[float, float]:
     return (x, x)
 

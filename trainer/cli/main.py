@@ -16,3 +16,8 @@ main.add_command(models_command)
 from trainer.cli.data import loader_bench_command
 
 main.add_command(loader_bench_command)
+from trainer.cli.train import finetune_cmd, plot_cmd, pretrain_cmd
+
+main.add_command(pretrain_cmd)
+main.add_command(finetune_cmd)
+main.add_command(plot_cmd)

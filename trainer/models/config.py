@@ -78,3 +78,23 @@ class ContextAwareConfig:
     gating_reduction: int = 4  # 0: no gating after the FC
     dropout: float = 0.5
     head: HeadConfig = field(default_factory=lambda: HeadConfig(mixtures=2))
+
+
+_CONFIG_CLASSES = {c.__name__: c for c in (DBoFConfig, NeXtVLADConfig, EncoderConfig, HeadConfig,
+                                           VideoModelConfig, ContextAwareConfig)}
+
+
+def config_to_dict(cfg) -> dict:
+    """A model config as JSON-able nested dicts, each tagged with its class (`"class"`)."""
+    out = {"class": type(cfg).__name__}
+    for name, value in vars(cfg).items():
+        out[name] = config_to_dict(value) if type(value).__name__ in _CONFIG_CLASSES else value
+    return out
+
+
+def config_from_dict(d: dict):
+    """The inverse of `config_to_dict`."""
+    cls = _CONFIG_CLASSES[d["class"]]
+    kw = {k: config_from_dict(v) if isinstance(v, dict) and "class" in v else v
+          for k, v in d.items() if k != "class"}
+    return cls(**kw)

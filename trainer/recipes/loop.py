@@ -1,0 +1,197 @@
+"""The training loop every recipe runs, read top to bottom (nanoGPT's train.py in spirit).
+
+A recipe (pretrain.py, finetune.py) hands over a *task*: its model, its loaders, its loss
+and its evaluation. The loop owns what is the same for all of them: AdamW over the
+model's parameter groups, the slanted triangular schedule, micro-batches (`accumulate`),
+DDP, mixed precision, gradient clipping, logging, evaluation on rank 0, checkpoints
+(last and best) and exact resume.
+
+Micro-batch k of rank r draws its dropout masks from `step_seed(seed, step, r·K + k)`:
+rank r of a W-rank run and micro-batch r of a one-process run with `accumulate=W` see the
+same rows (trainer/data/sampling.py `partition`) and the same masks, so the two compute
+the same update (tests/trainer/test_train_ddp.py).
+"""
+from __future__ import annotations
+
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from trainer.checkpoint import CheckpointKeeper, load_checkpoint, save_checkpoint
+from trainer.errors import TrainerError
+from trainer.optim import build_optimizer
+from trainer.recipes.runtime import Ranks, RunDir, autocast, barrier, split, step_seed
+from trainer.schedule import slanted_triangular_scheduler
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    """The options every recipe shares (`train pretrain --help`, `train finetune --help`)."""
+
+    steps: int
+    lr: float
+    weight_decay: float
+    seed: int = 0
+    eval_every: int = 100
+    log_every: int = 10
+    checkpoint_every: int = 0  # 0: at every evaluation (and at the end)
+    accumulate: int = 1  # micro-batches per optimiser step
+    grad_clip: float = 0.0  # max gradient norm; 0: no clipping
+    precision: str = "auto"  # trainer/recipes/runtime.py PRECISIONS
+    compile: bool = False  # torch.compile the model
+    tensorboard: bool = False  # also write TensorBoard logs to RUN/tensorboard
+    progress: bool = True
+
+    def check(self) -> None:
+        if self.steps < 1 or self.eval_every < 1 or self.log_every < 1 or self.accumulate < 1:
+            raise TrainerError("steps, eval-every, log-every and accumulate must be at least 1")
+
+
+def train(task, loop: LoopConfig, ranks: Ranks, run: RunDir, config: dict,
+          resume: bool) -> dict:
+    """Train `task` for `loop.steps` optimiser steps; returns the last evaluation's metrics."""
+    loop.check()
+    model = task.model.to(ranks.device)
+    optimizer = build_optimizer(model, loop.lr, loop.weight_decay)
+    scheduler = slanted_triangular_scheduler(optimizer, loop.steps)
+    keeper = CheckpointKeeper(run.path, task.metric, task.mode) if ranks.main else None
+    start, metrics = 0, {}
+    if resume:
+        state = load_checkpoint(run.path / "last", model, optimizer, scheduler,
+                                restore_rng=False)
+        start, metrics = int(state["step"]), state.get("metrics", {})
+        task.loader.load_state_dict(state["loader"])
+        run.truncate_log(start)
+    net = DistributedDataParallel(model) if ranks.world > 1 else model
+    net = torch.compile(net) if loop.compile else net
+    scaler = torch.amp.GradScaler(ranks.device.type,
+                                  enabled=loop.precision == "fp16" and ranks.device.type == "cuda")
+    board = _tensorboard(run, loop, ranks)
+    bar = _progress(loop, ranks, start)
+    batches = task.loader.forever()
+    window = _Window()
+    model.train()
+    for step in range(start, loop.steps):
+        t0 = time.perf_counter()
+        batch = next(batches)
+        window.wait += time.perf_counter() - t0
+        micro = split(batch, loop.accumulate)
+        for k, part in enumerate(micro):
+            torch.manual_seed(step_seed(loop.seed, step, ranks.rank * loop.accumulate + k))
+            last = k == len(micro) - 1
+            sync = nullcontext() if last or ranks.world == 1 else net.no_sync()
+            with sync, autocast(ranks, loop.precision):
+                loss = task.loss(net, part) / len(micro)
+            scaler.scale(loss).backward()
+            window.loss += loss.detach()
+        if loop.grad_clip > 0:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), loop.grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        window.steps += 1
+        window.samples += int(batch.valid.sum()) * ranks.world
+        done = step + 1
+        if done % loop.log_every == 0 or done == loop.steps:
+            record = window.record(done, scheduler.get_last_lr()[0])  # loss.item(): a sync
+            run.log(record)
+            _board(board, record)
+            if bar is not None:
+                bar.set_postfix(loss=f"{record['loss']:.4f}",
+                                rate=f"{record['samples_per_s']:.0f}/s")
+        evaluate = task.eval_loader is not None and (done % loop.eval_every == 0
+                                                     or done == loop.steps)
+        if evaluate:
+            metrics = _evaluate(task, model, ranks, loop, done)
+            run.log({"step": done, "split": "eval", **metrics})
+            _board(board, {"step": done, "split": "eval", **metrics})
+        if evaluate or done == loop.steps or (loop.checkpoint_every
+                                              and done % loop.checkpoint_every == 0):
+            state = {"step": done, "loader": task.loader.state_dict(), "metrics": metrics}
+            if ranks.main:
+                keeper.save(model, optimizer, scheduler, state, config) if evaluate else \
+                    save_checkpoint(run.path / "last", model, optimizer, scheduler, state, config)
+                run.plot()
+            barrier(ranks)
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    if board is not None:
+        board.close()
+    return metrics
+
+
+def _evaluate(task, model, ranks: Ranks, loop: LoopConfig, step: int) -> dict:
+    """The task's evaluation on rank 0 (unwrapped model, eval mode); others wait."""
+    metrics = {}
+    if ranks.main:
+        model.eval()
+        with torch.no_grad(), autocast(ranks, loop.precision):
+            metrics = task.evaluate(model)
+        model.train()
+    barrier(ranks)
+    return metrics
+
+
+class _Window:
+    """Sums over one logging interval."""
+
+    def __init__(self):
+        self.reset()
+
+    def reset(self) -> None:
+        self.loss, self.steps, self.samples, self.wait = 0.0, 0, 0, 0.0
+        self.t0 = time.perf_counter()
+
+    def record(self, step: int, lr: float) -> dict:
+        elapsed = time.perf_counter() - self.t0
+        loss = float(self.loss) / max(self.steps, 1)
+        out = {"step": step, "split": "train", "loss": loss, "lr": lr,
+               "samples_per_s": self.samples / elapsed, "data_wait": self.wait / elapsed}
+        self.reset()
+        return out
+
+
+def _progress(loop: LoopConfig, ranks: Ranks, start: int):
+    if not (loop.progress and ranks.main):
+        return None
+    import sys
+
+    from tqdm import tqdm
+
+    return tqdm(total=loop.steps, initial=start, unit="step", file=sys.stderr, leave=False)
+
+
+def _tensorboard(run: RunDir, loop: LoopConfig, ranks: Ranks):
+    if not (loop.tensorboard and ranks.main):
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise TrainerError("--tensorboard needs the tensorboard package "
+                           "(pip install tensorboard)") from None
+    return SummaryWriter(str(run.path / "tensorboard"))
+
+
+def _board(board, record: dict) -> None:
+    if board is None:
+        return
+    for key, value in record.items():
+        if key not in ("step", "split") and isinstance(value, (int, float)):
+            board.add_scalar(f"{record['split']}/{key}", value, record["step"])
+
+
+def loop_config(options: dict) -> LoopConfig:
+    """The LoopConfig fields of a dict of options (the rest is the recipe's)."""
+    names = set(LoopConfig.__dataclass_fields__)
+    return LoopConfig(**{k: v for k, v in options.items() if k in names})
+
+
+def as_dict(loop: LoopConfig) -> dict:
+    return asdict(loop)

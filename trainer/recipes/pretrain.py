@@ -1,0 +1,120 @@
+"""Video-level pre-training (paper §3.1, Tables 1-2): a video model on the 1000 segment
+classes, Eq. 1, `Lm` frames per video sampled without replacement.
+
+    train pretrain --store STORE --model nxvlad-2 --out RUN [--fold K] [--steps ...]
+
+Each named variant defaults to its row of the paper's Table 1 or 2 (batch, steps, max
+length; `defaults.py`). With `--fold K` the store's fold K is held out and evaluated every
+`--eval-every` steps: Eq. 1 log loss, recall and precision of the positive labels at 0.5
+(the paper's columns); the best checkpoint is the lowest evaluation loss.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+
+from trainer.data import Loader, LoaderConfig, StoreIndex, eval_config
+from trainer.errors import TrainerError
+from trainer.losses import video_loss
+from trainer.metrics import VideoEvaluation
+from trainer.models.config import VideoModelConfig, config_to_dict
+from trainer.recipes.defaults import pretrain_defaults
+from trainer.recipes.loop import LoopConfig, loop_config, train
+from trainer.recipes.runtime import RunDir, read_run_config, start_ranks, step_seed, stop_ranks
+from trainer.registry import VARIANTS, build
+
+RECIPE = "pretrain"
+N_FOLDS = 8  # folds 0..7 of a store (ingest.store.writer.N_FOLDS)
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    store: str
+    model: str
+    out: str
+    fold: int | None = None
+    batch_size: int | None = None  # None: the variant's (defaults.py)
+    max_len: int | None = None  # None with whole_videos False: the variant's
+    whole_videos: bool = False  # Lm = ∞
+    threads: int = 2
+    device: str = "auto"
+
+
+def train_folds(fold: int | None) -> tuple[int, ...] | None:
+    return None if fold is None else tuple(f for f in range(N_FOLDS) if f != fold)
+
+
+class VideoTask:
+    """Eq. 1 on video batches; evaluation on the held-out fold."""
+
+    metric, mode = "loss", "min"
+
+    def __init__(self, model, loader: Loader, eval_loader: Loader | None):
+        self.model, self.loader, self.eval_loader = model, loader, eval_loader
+
+    def loss(self, net, batch) -> torch.Tensor:
+        return video_loss(net(batch.frames, batch.mask), batch.labels, valid=batch.valid)
+
+    def evaluate(self, model) -> dict:
+        ev = VideoEvaluation()
+        for batch in self.eval_loader:
+            out = model(batch.frames, batch.mask)
+            ev.update(out.probs(), batch.labels, video_loss(out, batch.labels, reduction="none"),
+                      batch.valid)
+        return ev.compute()
+
+
+def resolve(cfg: PretrainConfig, options: dict) -> tuple[PretrainConfig, LoopConfig]:
+    """Fill the variant's paper defaults (batch, max length, steps, lr, weight decay)."""
+    if cfg.model not in VARIANTS or not isinstance(VARIANTS[cfg.model].config, VideoModelConfig):
+        video = [n for n, v in VARIANTS.items() if isinstance(v.config, VideoModelConfig)]
+        raise TrainerError(f"--model {cfg.model!r}: pre-training takes a video model: "
+                           f"{', '.join(video)}")
+    d = pretrain_defaults(cfg.model)
+    max_len = None if cfg.whole_videos else (cfg.max_len or d["max_len"])
+    cfg = PretrainConfig(**{**asdict(cfg), "batch_size": cfg.batch_size or d["batch_size"],
+                            "max_len": max_len})
+    options = {k: v for k, v in options.items() if v is not None}
+    loop = loop_config({**d, **options})
+    return cfg, loop
+
+
+def run(cfg: PretrainConfig, options: dict, resume: bool = False) -> dict:
+    """Pre-train (or resume) a video model; returns the last evaluation's metrics."""
+    ranks = start_ranks(cfg.device)
+    try:
+        cfg, loop = resolve(cfg, options)
+        config = {"recipe": RECIPE, "pretrain": asdict(cfg), "loop": asdict(loop),
+                  "model": config_to_dict(VARIANTS[cfg.model].config), "model_name": cfg.model,
+                  "world_size": ranks.world}
+        rundir = RunDir(cfg.out, ranks)
+        rundir.create(config, resume)
+        index = StoreIndex.build(cfg.store)
+        per_rank = cfg.batch_size // ranks.world
+        if per_rank * ranks.world != cfg.batch_size or per_rank % loop.accumulate:
+            raise TrainerError(f"batch size {cfg.batch_size} does not split into "
+                               f"{ranks.world} rank(s) × {loop.accumulate} micro-batch(es)")
+        lc = LoaderConfig(kind="video", batch_size=per_rank, max_len=cfg.max_len,
+                          folds=train_folds(cfg.fold), seed=loop.seed, threads=cfg.threads,
+                          world_size=ranks.world, rank=ranks.rank, device=str(ranks.device))
+        loader = Loader(index, lc)
+        evaluation = None
+        if cfg.fold is not None:
+            evaluation = Loader(index, eval_config(lc, folds=(cfg.fold,), world_size=1, rank=0))
+        torch.manual_seed(step_seed(loop.seed, -1, 0))  # the initial weights
+        task = VideoTask(build(cfg.model), loader, evaluation)
+        return train(task, loop, ranks, rundir, config, resume)
+    finally:
+        stop_ranks()
+
+
+def resume_run(run_dir: str, device: str = "auto", threads: int | None = None) -> dict:
+    """Continue a pre-training run from its last checkpoint, with its saved config."""
+    saved = read_run_config(run_dir)
+    if saved.get("recipe") != RECIPE:
+        raise TrainerError(f"{run_dir}: a {saved.get('recipe')} run, not a pre-training run")
+    cfg = PretrainConfig(**{**saved["pretrain"], "out": run_dir, "device": device,
+                            **({"threads": threads} if threads else {})})
+    return run(cfg, saved["loop"], resume=True)
+

@@ -1,0 +1,173 @@
+"""What every recipe needs around its loop: devices and ranks, precision, seeds, the run
+directory (config, metrics log, checkpoints, curves).
+
+A run directory:
+
+    RUN/config.json      the resolved run config (recipe, model config, every option)
+    RUN/metrics.jsonl    one JSON object per line: {"step", "split": "train"|"eval", ...}
+    RUN/last/  RUN/best/ checkpoints (trainer/checkpoint.py): weights, optimiser, scheduler,
+                         the loader's position; best by the evaluation metric
+    RUN/curves.png       the run's curves (train plot), rewritten at every evaluation
+
+Distributed runs are started by `torchrun` (its environment variables RANK, WORLD_SIZE,
+LOCAL_RANK): gloo on CPU, NCCL on CUDA; rank 0 alone writes the run directory.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from contextlib import nullcontext
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from trainer.errors import TrainerError
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+CONFIG = "config.json"
+METRICS = "metrics.jsonl"
+CURVES = "curves.png"
+
+
+@dataclass(frozen=True)
+class Ranks:
+    """This process's place: `rank` of `world`, its `device`."""
+
+    rank: int
+    world: int
+    device: torch.device
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def start_ranks(device: str = "auto") -> Ranks:
+    """Join the `torchrun` process group if there is one; pick the device."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda":
+        if not torch.cuda.is_available():
+            raise TrainerError("--device cuda: no CUDA device is available")
+        torch.cuda.set_device(local)
+        dev = torch.device("cuda", local)
+    else:
+        dev = torch.device("cpu")
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+    return Ranks(rank, world, dev)
+
+
+def stop_ranks() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier(ranks: Ranks) -> None:
+    if ranks.world > 1:
+        dist.barrier()
+
+
+def autocast(ranks: Ranks, precision: str):
+    """bf16 autocast on CUDA by default ("auto"); CPU runs float32 ("auto" or "fp32")."""
+    if precision not in PRECISIONS:
+        raise TrainerError(f"precision {precision!r}: one of {', '.join(PRECISIONS)}")
+    if precision == "fp32" or (precision == "auto" and ranks.device.type != "cuda"):
+        return nullcontext()
+    dtype = torch.float16 if precision == "fp16" else torch.bfloat16
+    return torch.autocast(ranks.device.type, dtype=dtype)
+
+
+def step_seed(seed: int, step: int, shard: int) -> int:
+    """The torch seed of (run seed, optimiser step, micro-batch shard): dropout masks depend
+    on these alone, so a resumed run draws what an uninterrupted one would, and micro-batch
+    k of a one-process run draws what DDP rank k draws."""
+    digest = hashlib.blake2b(f"{seed}:{step}:{shard}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
+
+
+def split(batch, parts: int) -> list:
+    """A batch dataclass cut into `parts` equal micro-batches along its rows."""
+    if parts == 1:
+        return [batch]
+    out = []
+    n = batch.valid.shape[0]
+    size = n // parts
+    for k in range(parts):
+        kw = {f.name: getattr(batch, f.name) for f in fields(batch)}
+        out.append(type(batch)(**{name: None if t is None else t[k * size:(k + 1) * size]
+                                  for name, t in kw.items()}))
+    return out
+
+
+# ---------------------------------------------------------------- run directory
+
+class RunDir:
+    """The files of one run (see the module docstring); writes only on rank 0."""
+
+    def __init__(self, path: str | Path, ranks: Ranks):
+        self.path = Path(path)
+        self.ranks = ranks
+
+    @property
+    def config_file(self) -> Path:
+        return self.path / CONFIG
+
+    def create(self, config: dict, resume: bool) -> None:
+        """A new run directory (refusing one that holds a run), or the one being resumed."""
+        if not resume and self.config_file.exists():
+            raise TrainerError(f"{self.path}: already holds a run; resume it with --resume "
+                               f"{self.path} or choose another --out")
+        if self.ranks.main and not resume:
+            self.path.mkdir(parents=True, exist_ok=True)
+            tmp = self.config_file.with_suffix(".tmp")
+            tmp.write_text(json.dumps(config, indent=1, sort_keys=True) + "\n")
+            os.replace(tmp, self.config_file)
+        barrier(self.ranks)
+
+    def log(self, record: dict) -> None:
+        if self.ranks.main:
+            with open(self.path / METRICS, "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def truncate_log(self, step: int) -> None:
+        """Drop log lines after `step` (a resumed run logs them again)."""
+        file = self.path / METRICS
+        if not self.ranks.main or not file.exists():
+            return
+        kept = [line for line in file.read_text().splitlines()
+                if line.strip() and json.loads(line)["step"] <= step]
+        file.write_text("".join(line + "\n" for line in kept))
+
+    def plot(self) -> None:
+        if self.ranks.main:
+            from trainer.plot import plot_runs
+
+            plot_runs([self.path], self.path / CURVES)
+
+
+def read_run_config(run: str | Path) -> dict:
+    """The config of a run directory; TrainerError if `run` is not one."""
+    file = Path(run) / CONFIG
+    if not file.is_file():
+        raise TrainerError(f"{run}: not a run directory (no {CONFIG}; made by train pretrain "
+                           f"or train finetune)")
+    try:
+        return json.loads(file.read_text())
+    except ValueError as err:
+        raise TrainerError(f"{file}: damaged ({err})") from None
+
+
+def run_checkpoint(run: str | Path, which: str = "best") -> Path:
+    """`RUN/best` (or `RUN/last` when no evaluation chose a best), TrainerError if neither."""
+    run = Path(run)
+    for name in ((which, "last") if which == "best" else (which,)):
+        if (run / name).is_dir():
+            return run / name
+    raise TrainerError(f"{run}: no checkpoint ({which}/ or last/); has the run saved one?")
