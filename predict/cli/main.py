@@ -17,3 +17,6 @@ from predict.cli.evaluate import evaluate, validate
 
 main.add_command(evaluate)
 main.add_command(validate)
+from predict.cli.segments import segments
+
+main.add_command(segments)

@@ -1,0 +1,140 @@
+"""`predict segments` through the real commands: scores against the model run directly,
+the sidecar against the store, once-per-video contexts against per-segment ones, two
+torchrun ranks against one process, read back by topk/validate, errors (issue #14)."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+from click.testing import CliRunner
+
+from predict.cli.main import main as predict_main
+from predict.segments import load_run
+from trainer.cli.main import main as train_main
+from trainer.data import context_span
+from trainer.data.sampling import select_even_numpy
+
+CPU = ["--device", "cpu", "--threads", "1", "--quiet"]
+
+
+def _ok(main, args):
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    return result
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, validate_store):
+    """A pre-training run, and a context-agnostic and a context-aware run from it."""
+    d = tmp_path_factory.mktemp("runs")
+    store = str(validate_store.path)
+    _ok(train_main, ["pretrain", "--store", store, "--model", "dbof-tiny", "--out", str(d / "pre"),
+                     "--steps", "4", "--batch-size", "8", "--max-len", "20"] + CPU)
+    _ok(train_main, ["finetune", "--kind", "agnostic", "--store", store, "--init", str(d / "pre"),
+                     "--out", str(d / "ag"), "--steps", "3", "--batch-size", "8"] + CPU)
+    _ok(train_main, ["finetune", "--kind", "aware", "--store", store, "--context",
+                     str(d / "pre"), "--segment", str(d / "pre"), "--out", str(d / "aw"),
+                     "--steps", "3", "--batch-size", "8", "--max-len", "16"] + CPU)
+    return d
+
+
+def _predict(store, run, out, *extra):
+    return _ok(predict_main, ["segments", "--store", str(store.path), "--model", str(run),
+                              "--out", str(out), "--batch-size", "64", *extra] + CPU)
+
+
+def _direct(model, kind, store, rows, max_len):
+    """Probabilities computed straight from the reader API, one segment at a time for an
+    aware model (the reference code's way: the context encoded again per segment)."""
+    windows = torch.from_numpy(store.candidate_windows(rows))
+    with torch.no_grad():
+        if kind != "aware":
+            return model(windows, None).probs().numpy()
+        cand = store.candidates
+        out = []
+        for i, r in enumerate(rows):
+            video = int(cand["video_row"][int(r)])
+            frames = store.frames(video)
+            lo, hi = context_span(np.array([len(frames)]))
+            n = int(hi[0] - lo[0])
+            pick = select_even_numpy(n, min(max_len, n)) + lo[0]
+            context = torch.from_numpy(frames[pick])[None]
+            mask = torch.ones(1, len(pick), dtype=torch.bool)
+            out.append(model(context, mask, windows[i:i + 1]).probs().numpy())
+        return np.concatenate(out)
+
+
+@pytest.mark.parametrize("name", ["pre", "ag", "aw"])
+def test_scores_equal_the_model_run_directly(tmp_path, runs, testset_store, name):
+    _predict(testset_store, runs / name, tmp_path / name)
+    scores = np.load(tmp_path / f"{name}.npy")
+    side = pl.read_parquet(tmp_path / f"{name}.segments.parquet")
+    cand = testset_store.candidates
+    assert scores.dtype == np.uint16 and scores.shape == (cand.height, 1000)
+    assert side["video_id"].to_list() == cand["video_id"].to_list()
+    assert side["start_time"].to_list() == cand["start_time"].to_list()
+    model, kind, max_len = load_run(str(runs / name))
+    rows = np.arange(0, cand.height, max(1, cand.height // 40))
+    want = _direct(model, kind, testset_store, rows, max_len or 150)
+    # within the quantisation step (and float noise at a rounding boundary)
+    assert np.abs(scores[rows] / 9999.0 - want).max() <= 0.5 / 9999 + 1e-4
+
+
+def test_deterministic_and_read_back_by_topk(tmp_path, runs, testset_store):
+    _predict(testset_store, runs / "aw", tmp_path / "a")
+    _predict(testset_store, runs / "aw", tmp_path / "b")
+    assert (tmp_path / "a.npy").read_bytes() == (tmp_path / "b.npy").read_bytes()
+    _predict(testset_store, runs / "ag", tmp_path / "c")
+    sub = tmp_path / "s.csv"
+    _ok(predict_main, ["topk", str(tmp_path / "a.npy"), str(tmp_path / "c.npy"), "--out",
+                       str(sub), "--k", "100"])
+    _ok(predict_main, ["validate", str(sub), "--k", "100"])
+    assert not list(tmp_path.glob(".*"))  # no temporaries left
+
+
+@pytest.mark.slow
+def test_two_torchrun_ranks_write_the_bytes_of_one_process(tmp_path, runs, testset_store):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    args = ["segments", "--store", str(testset_store.path), "--model", str(runs / "aw"),
+            "--batch-size", "64"] + CPU
+    torchrun = Path(sys.executable).with_name("torchrun")
+    subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "predict",
+                    *args, "--out", str(tmp_path / "two")], check=True, env=env,
+                   capture_output=True)
+    subprocess.run([sys.executable, "-m", "predict", *args, "--out", str(tmp_path / "one")],
+                   check=True, env=env, capture_output=True)
+    assert (tmp_path / "two.npy").read_bytes() == (tmp_path / "one.npy").read_bytes()
+    assert (tmp_path / "two.segments.parquet").is_file()
+
+
+def test_clear_errors(tmp_path, runs, testset_store, validate_store, train_store):
+    other = tmp_path / "other"
+    other.mkdir()
+    _predict(validate_store, runs / "ag", other / "validate_model")
+    cases = [
+        (testset_store, tmp_path, tmp_path / "x", "not a run directory"),
+        (testset_store, runs / "ag", other / "test_model", "differ from those of"),
+        (testset_store, runs / "ag", tmp_path / "missing" / "x", "no such directory"),
+    ]
+    for store, run, out, message in cases:
+        result = CliRunner().invoke(predict_main, ["segments", "--store", str(store.path),
+                                                   "--model", str(run), "--out", str(out)] + CPU)
+        assert result.exit_code == 1 and message in result.output, result.output
+        assert "Traceback" not in result.output
+
+
+def test_a_store_without_candidates_is_refused(tmp_path, runs):
+    from tests.conftest import make_store
+
+    short = make_store(tmp_path, "test", 1, 4, seed=3, min_frames=20, max_frames=40)
+    result = CliRunner().invoke(predict_main, ["segments", "--store", str(short.path), "--model",
+                                               str(runs / "ag"), "--out", str(tmp_path / "p")]
+                                + CPU)
+    assert result.exit_code == 1 and "no candidate segments" in result.output, result.output
+
