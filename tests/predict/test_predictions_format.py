@@ -105,7 +105,7 @@ def test_reader_refusals(tmp_path):
     np.save(tmp_path / "short.npy", np.zeros((5, 1000), np.uint16))
     (tmp_path / "short.segments.parquet").write_bytes((tmp_path / "a.segments.parquet").read_bytes())
     cases = {"f32": "dtype float32", "narrow": r"shape \(6, 999\)", "nosidecar": "missing segment table",
-             "text": "not a numpy", "short": "5 rows but 6 segments", "absent": "no such file"}
+             "text": "not a NumPy .npy file", "short": "5 rows but 6 segments", "absent": "no such file"}
     for name, message in cases.items():
         with pytest.raises(PredictionError, match=message):
             open_predictions(tmp_path / f"{name}.npy")
@@ -133,3 +133,102 @@ def test_prefault_maps_a_memmap_and_ignores_the_rest(tmp_path):
     assert prefault(scores) == sys.platform.startswith("linux")
     assert not prefault(np.zeros((3, 1000), np.uint16))  # not file-backed: nothing to do
     assert int(scores[299, 999]) == 5000  # the data is untouched
+
+
+BAD_TABLES = {  # name: (video ids, starts, first bad row, words in the message)
+    "duplicate": (["a", "a", "b", "a"], [5, 10, 5, 5], 3, "repeats row 0"),
+    "colon": (["a", "b:c", "d"], [5, 5, 5], 1, "contains a colon"),
+    "space": (["a", "b", "c d"], [5, 5, 5], 2, "contains a space"),
+    "comma": (["a,b", "b"], [5, 5], 0, "contains a comma"),
+    "tab": (["a", "b\tc"], [5, 5], 1, "whitespace '\\t'"),
+    "empty": (["a", "", "c"], [5, 5, 5], 1, "empty video id"),
+    "negative": (["a", "b", "c"], [5, -5, 5], 1, "start_time -5 is negative"),
+    "two problems": (["a", "a", "b c"], [5, 5, 5], 1, "repeats row 0"),
+}
+
+
+@pytest.mark.parametrize("name", BAD_TABLES)
+def test_bad_segment_tables_refused_by_writer_and_reader(tmp_path, name):
+    """Rows that cannot become distinct `videoid:start` entries: the writer refuses to
+    write them, the reader to read them (one line: the sidecar and the first bad row)."""
+    vids, starts, row, words = BAD_TABLES[name]
+    with pytest.raises(PredictionError, match=f"m.segments.parquet: row {row}: ") as err:
+        PredictionWriter(tmp_path / "m.npy", vids, starts)
+    assert words in str(err.value) and "\n" not in str(err.value)
+    assert list(tmp_path.iterdir()) == []
+    np.save(tmp_path / "m.npy", np.zeros((len(vids), 1000), np.uint16))
+    pl.DataFrame({"video_id": vids, "start_time": pl.Series(starts, dtype=pl.Int32)}).write_parquet(
+        sidecar_path(tmp_path / "m.npy"))
+    with pytest.raises(PredictionError, match=f"m.segments.parquet: row {row}: ") as err:
+        open_predictions(tmp_path / "m.npy")
+    assert words in str(err.value)
+    with pytest.raises(PredictionError, match=f"row {row}: "):
+        open_ensemble([tmp_path / "m.npy"])
+
+
+def first_bad_row_twin(vids, starts):
+    """Plain Python: the first row that is not a distinct `[^\\s,:]+:start` entry."""
+    import re
+
+    seen = set()
+    for i, (v, s) in enumerate(zip(vids, starts)):
+        if v is None or not re.fullmatch(r"[^\s,:]+", v) or s < 0 or (v, s) in seen:
+            return i
+        seen.add((v, s))
+    return None
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_segment_check_matches_a_plain_python_twin(seed):
+    """Random tables (grouped by video or shuffled, with rare bad rows): the vectorised
+    check names the same first bad row as a row-by-row loop, and passes good tables."""
+    import re
+
+    from predict.predictions import check_segments
+
+    rng = np.random.default_rng(seed)
+    n = 3000
+    vids = [f"v{i // 7}" for i in range(n)]
+    starts = [5 * (i % 7) for i in range(n)]
+    if seed % 2:
+        order = rng.permutation(n)
+        vids, starts = [vids[i] for i in order], [starts[i] for i in order]
+    for _ in range(int(rng.integers(0, 3))):  # 0-2 bad rows
+        i = int(rng.integers(0, n))
+        kind = int(rng.integers(0, 4))
+        if kind == 0:
+            vids[i] = vids[i][:1] + " \u00a0,:\x1c"[int(rng.integers(0, 5))] + vids[i][1:]
+        elif kind == 1:
+            starts[i] = -5
+        else:  # a repeat of another row
+            j = int(rng.integers(0, n))
+            vids[i], starts[i] = vids[j], starts[j]
+    table = pl.DataFrame({"video_id": vids, "start_time": pl.Series(starts, dtype=pl.Int32)})
+    want = first_bad_row_twin(vids, starts)
+    if want is None:
+        check_segments(table, "t")
+    else:
+        with pytest.raises(PredictionError, match=f"^t: row {want}: "):
+            check_segments(table, "t")
+    assert re.fullmatch(r"[^\s,:]+", "\u00a0") is None  # the twin's \s covers what polars' does
+
+
+def test_not_npy_files_are_named(tmp_path):
+    """A file that is not a .npy (text, a pickle) or a damaged one: said so, in one line."""
+    import pickle
+
+    vids, starts = segments(3)
+    write_predictions(tmp_path / "a.npy", np.zeros((3, 1000)), vids, starts)
+    (tmp_path / "pickled.npy").write_bytes(pickle.dumps(np.zeros((3, 1000), np.uint16)))
+    np.save(tmp_path / "objects.npy", np.array([None, 1], dtype=object), allow_pickle=True)
+    whole = (tmp_path / "a.npy").read_bytes()
+    (tmp_path / "cut.npy").write_bytes(whole[:-10])
+    (tmp_path / "header.npy").write_bytes(whole[:20])
+    cases = {"pickled": "not a NumPy .npy file", "objects": "dtype object",
+             "cut": "truncated", "header": "not a NumPy .npy file"}
+    for name, message in cases.items():
+        side = sidecar_path(tmp_path / f"{name}.npy")
+        side.write_bytes(sidecar_path(tmp_path / "a.npy").read_bytes())
+        with pytest.raises(PredictionError, match=message) as err:
+            open_predictions(tmp_path / f"{name}.npy")
+        assert str(err.value).startswith(f"{tmp_path / name}.npy: ") and "\n" not in str(err.value)
