@@ -13,14 +13,16 @@ import os
 import re
 import sys
 import threading
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import numba
 import numpy as np
 import polars as pl
 import pyarrow as pa
-from numba import prange  # behaves as `range` when YT8M_NO_JIT=1 turns njit off
 from tqdm import tqdm
 
 from ingest.errors import IngestError
@@ -32,10 +34,10 @@ HEADER = "Class,Segments"
 _ENTRY = r"[^\s,:]+:\d+"
 _ENTRY_RE = re.compile(_ENTRY)
 _ROW_RE = re.compile(rf"(?:{_ENTRY}(?: {_ENTRY})*)?")
-MAX_PROBLEMS = 50  # problems collected before validation stops
+MAX_PROBLEMS = 50  # problems kept (and shown by `predict validate`); all are counted
 PROGRESS_MIN_ENTRIES = 10_000_000  # show a progress bar when writing this many entries
 PREFETCH_AHEAD = 16  # entries: the slot of the entry this far ahead is fetched early
-CHUNK_BYTES = 64 << 20  # lines rendered per write: about this many bytes of buffer
+TASK_BYTES = 1 << 20  # lines rendered per thread task: whole lines of about this many bytes
 
 
 class SubmissionError(IngestError):
@@ -49,8 +51,12 @@ def entry_expr() -> pl.Expr:
 
 def entry_blob(segments: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     """The `videoid:start` strings of a segment table as (blob uint8, offsets (n+1,) int64)."""
-    entries = segments.select(entry_expr()).to_series()
-    arr = pa.array(entries.to_arrow()).cast(pa.large_string())
+    return string_blob(segments.select(entry_expr()).to_series())
+
+
+def string_blob(strings: pl.Series) -> tuple[np.ndarray, np.ndarray]:
+    """A string column's UTF-8 bytes back to back (blob uint8, offsets (n+1,) int64)."""
+    arr = pa.array(strings.to_arrow()).cast(pa.large_string())
     arr = pa.concat_arrays([arr])  # a fresh array whose buffers start at offset 0
     _, offs, data = arr.buffers()
     offsets = np.frombuffer(offs, np.int64, count=len(arr) + 1)
@@ -87,68 +93,100 @@ def fill_slots(blob, offsets, slot_bytes):
         slot_bytes[i, slot_bytes.shape[1] - 1] = n + 1
 
 
-@njit(parallel=True)
-def render_lines(slots, rows, out, used):
-    """out[i] = the entries of rows[i], space-separated, ending in a newline.
+@njit
+def render_lines(slots, rows, prefixes, prefix_offsets, out):
+    """Lines `prefix entries\n` back to back into `out`; returns the bytes used.
 
-    slots from `entry_slots`; rows (G, k) int row indices; out (G, L) uint8 with
-    L >= k * 8 W + 8; writes used (G,) bytes per line. Parallel over lines; each
-    entry is W unaligned 8-byte stores (the next entry overwrites the padding and
-    the length byte), so no byte loop and one cache miss per entry.
+    slots (n, W) uint64 from `entry_slots`; rows (G, k) int row indices, best first;
+    line i starts with prefixes[prefix_offsets[i]:prefix_offsets[i + 1]] (its
+    `Class,`); out: uint8 with room for G (k * 8 W + 8 + prefix) bytes. Each entry
+    is W unaligned 8-byte stores (the next entry overwrites the padding and the
+    length byte): no byte loop, one cache miss per entry (its slot, fetched
+    PREFETCH_AHEAD entries early). One thread; `write_submission` runs it in several.
     """
     words = slots.shape[1]
-    for i in prange(rows.shape[0]):
-        line = out[i]
-        pos = 0
+    pos = 0
+    for i in range(rows.shape[0]):
+        for b in range(prefix_offsets[i], prefix_offsets[i + 1]):
+            out[pos] = prefixes[b]
+            pos += 1
+        start = pos
         for j in range(rows.shape[1]):
             r = rows[i, j]
             if j + PREFETCH_AHEAD < rows.shape[1]:
                 prefetch_write(slots, rows[i, j + PREFETCH_AHEAD], 0)
             for w in range(words):
-                store_u64(line, pos + 8 * w, slots[r, w])
+                store_u64(out, pos + 8 * w, slots[r, w])
             pos += np.int64(slots[r, words - 1] >> np.uint64(56))
-        if pos:
-            line[pos - 1] = 10  # b"\n" over the last entry's space
+        if pos > start:
+            out[pos - 1] = 10  # b"\n" over the last entry's space
         else:
-            line[0] = 10
-            pos = 1
-        used[i] = pos
+            out[pos] = 10
+            pos += 1
+    return pos
 
 
 def write_submission(path, rows: np.ndarray, segments: pl.DataFrame, class_ids=None,
-                     progress: bool | None = None) -> None:
+                     progress: bool | None = None, threads: int | None = None) -> None:
     """Write `Class,Segments` rows: class i gets segments `rows[i]` (best first).
 
     rows: (C, k) int row indices into `segments` (video_id, start_time);
     class_ids: (C,) vocabulary ids, default `segment_class_ids()`.
-    Lines are rendered in parallel, a chunk of classes at a time into one reused
-    buffer (about CHUNK_BYTES). Written to a temporary name and renamed when
-    complete; a progress bar (stderr) from PROGRESS_MIN_ENTRIES entries on unless
-    `progress` says otherwise.
+    `threads` (default: numba's thread count) render groups of whole lines (about
+    TASK_BYTES each) into reused buffers with the single-threaded `render_lines`
+    (it releases the GIL) while this thread writes the finished groups in order.
+    Written to a temporary name and renamed when complete; `SubmissionError` naming
+    `path` if it cannot be written. A progress bar (stderr) from
+    PROGRESS_MIN_ENTRIES entries on unless `progress` says otherwise.
     """
     path = Path(path)
     class_ids = segment_class_ids() if class_ids is None else np.asarray(class_ids)
     slots = entry_slots(segments)
-    line_cap = rows.shape[1] * slots.shape[1] * 8 + 8
-    group = max(1, min(len(rows), CHUNK_BYTES // line_cap))
-    out = np.empty((group, line_cap), np.uint8)
-    used = np.zeros(group, np.int64)
+    prefixes, prefix_offsets = _class_prefixes(class_ids)
+    line_cap = rows.shape[1] * slots.shape[1] * 8 + 8 + int(np.diff(prefix_offsets).max(initial=0))
+    group = max(1, min(len(rows), TASK_BYTES // line_cap))
+    workers = max(1, threads or numba.get_num_threads())
+    free = [np.empty(group * line_cap, np.uint8) for _ in range(2 * workers)]
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     show = rows.size >= PROGRESS_MIN_ENTRIES if progress is None else progress
+
+    def render(c0: int, out: np.ndarray) -> int:  # in a worker thread
+        c1 = min(c0 + group, len(rows))
+        return render_lines(slots, rows[c0:c1], prefixes, prefix_offsets[c0:c1 + 1], out)
+
     try:
-        with open(tmp, "wb") as f, tqdm(total=len(rows), desc="write csv", unit="class",
-                                        file=sys.stderr, disable=not show) as bar:
+        with open(tmp, "wb") as f, ThreadPoolExecutor(workers) as pool, \
+                tqdm(total=len(rows), desc="write csv", unit="class", file=sys.stderr,
+                     disable=not show) as bar:
             f.write((HEADER + "\n").encode())
-            for c0 in range(0, len(rows), group):
-                chunk = rows[c0:c0 + group]
-                render_lines(slots, chunk, out, used)
-                for i in range(len(chunk)):
-                    f.write(f"{int(class_ids[c0 + i])},".encode())
-                    f.write(memoryview(out[i])[: used[i]])
-                bar.update(len(chunk))
+            ahead: deque = deque()  # (first class, buffer, future), in class order
+            starts = iter(range(0, len(rows), group))
+            while True:
+                while free:
+                    c0 = next(starts, None)
+                    if c0 is None:
+                        break
+                    out = free.pop()
+                    ahead.append((c0, out, pool.submit(render, c0, out)))
+                if not ahead:
+                    break
+                c0, out, done = ahead.popleft()
+                f.write(memoryview(out)[: done.result()])
+                free.append(out)
+                bar.update(min(group, len(rows) - c0))
         os.replace(tmp, path)
+    except OSError as err:
+        raise SubmissionError(f"{path}: cannot write ({err.strerror or err})") from None
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _class_prefixes(class_ids) -> tuple[np.ndarray, np.ndarray]:
+    """The `Class,` prefix of every line: (bytes uint8, offsets (C+1,) int64)."""
+    parts = [f"{int(c)},".encode() for c in class_ids]
+    offsets = np.zeros(len(parts) + 1, np.int64)
+    offsets[1:] = np.cumsum([len(p) for p in parts])
+    return np.frombuffer(b"".join(parts), np.uint8), offsets
 
 
 @dataclass(frozen=True)
@@ -162,44 +200,100 @@ class Problem:
         return f"{path}: line {self.line}: {self.reason}" if self.line else f"{path}: {self.reason}"
 
 
-def _check_row(line: str, k: int, known: frozenset, seen: set,
-               want_entries: bool = True, exact: bool = False) -> tuple[int, list | None, str]:
-    """Parse one data line → (class_id, entries (None unless wanted), problem or '').
+class Problems(list):
+    """A submission's problems in file order: the first MAX_PROBLEMS kept, all counted.
+
+    `count` is exact unless `stopped` (reading stopped on purpose: at a bad header,
+    or at `stop_after` problems).
+    """
+
+    def __init__(self, stop_after: int | None = None):
+        super().__init__()
+        self.count = 0
+        self.stopped = False
+        self.stop_after = stop_after
+
+    def add(self, problem: Problem) -> bool:
+        """Record `problem`; True when reading should stop."""
+        self.count += 1
+        if len(self) < MAX_PROBLEMS:
+            self.append(problem)
+        if self.stop_after is not None and self.count >= self.stop_after:
+            self.stopped = True
+        return self.stopped
+
+    def summary(self, path) -> str:
+        """One line: the only problem, or the count and the first."""
+        first = self[0].format(path)
+        if self.stopped and self.stop_after is not None:
+            return f"{first} (checking stopped there; `predict validate` lists every problem)"
+        if self.stopped:
+            return f"{first} (checking stopped there)"
+        if self.count == 1:
+            return first
+        return f"{path}: {self.count} problems, the first on line {self[0].line}"
+
+
+def _check_class(line: bytes, known: frozenset, seen: set) -> tuple[int, bytes, str]:
+    """The class of one data line (bytes, without its line end) →
+    (class_id, segments bytes, problem or ''). A valid class joins `seen`."""
+    cls, comma, segs = line.partition(b",")
+    if not comma:
+        return -1, b"", "expected `Class,Segments`, found no comma"
+    if not cls.isdigit() or int(cls) not in known:  # bytes.isdigit: ASCII digits only
+        return -1, b"", f"class {_text(cls)[:20]!r} is not one of the 1000 segment class ids"
+    cid = int(cls)
+    if cid in seen:
+        return cid, b"", f"class {cid} appears on more than one row"
+    seen.add(cid)
+    return cid, segs, ""
+
+
+def _check_segments(cid: int, segs: bytes, k: int, exact: bool = False) -> str:
+    """The first problem of a row's `Segments` (bytes), or ''.
 
     exact: skip the numba row pass, every row through the regex-and-set check.
     """
-    cls, comma, segs = line.partition(",")
-    if not comma:
-        return -1, [], "expected `Class,Segments`, found no comma"
-    if not cls.isdigit() or int(cls) not in known:
-        return -1, [], f"class {cls[:20]!r} is not one of the 1000 segment class ids"
-    cid = int(cls)
-    if cid in seen:
-        return cid, [], f"class {cid} appears on more than one row"
-    seen.add(cid)
     n = None if exact else _fast_entry_count(segs)  # a numba row pass; None: look closer
     if n is None:
-        return _check_entries(cid, segs, k)
+        return _check_entries(cid, _text(segs), k)[1]
     if n > k:
-        return cid, [], f"class {cid}: {n} entries, more than k = {k}"
-    return cid, (segs.split(" ") if segs else []) if want_entries else None, ""
+        return f"class {cid}: {n} entries, more than k = {k}"
+    return ""
 
 
-def _check_entries(cid: int, segs: str, k: int) -> tuple[int, list, str]:
-    """The exact, slower check of a row's entries (regex, set): names the first problem."""
+def _text(raw: bytes) -> str:
+    return raw.decode("utf-8", errors="replace")
+
+
+def _check_entries(cid: int, segs: str, k: int) -> tuple[list, str]:
+    """The exact, slower check of a row's entries (regex, set) → (entries, first problem)."""
     if not _ROW_RE.fullmatch(segs):
-        bad = next((e for e in segs.split(" ") if not _ENTRY_RE.fullmatch(e)), segs)
-        return cid, [], f"class {cid}: bad entry {bad[:40]!r}, expected videoid:start"
+        entries = segs.split(" ")
+        i, bad = next((i, e) for i, e in enumerate(entries) if not _ENTRY_RE.fullmatch(e))
+        if bad == "":
+            return [], f"class {cid}: {_stray_space(entries, i)}; entries are separated by one space"
+        return [], f"class {cid}: bad entry {bad[:40]!r}, expected videoid:start"
     entries = segs.split(" ") if segs else []
     if len(entries) > k:
-        return cid, [], f"class {cid}: {len(entries)} entries, more than k = {k}"
+        return [], f"class {cid}: {len(entries)} entries, more than k = {k}"
     if len(set(entries)) != len(entries):
         dup = _first_duplicate(entries)
-        return cid, [], f"class {cid}: entry {dup!r} appears more than once"
-    return cid, entries, ""
+        return [], f"class {cid}: entry {dup!r} appears more than once"
+    return entries, ""
 
 
-def _fast_entry_count(segs: str) -> int | None:
+def _stray_space(entries: list, i: int) -> str:
+    """Where the empty entry `entries[i]` of a space-split row comes from, in words."""
+    if i == 0:
+        return "a space before the first entry"
+    after = f"entry {i} ({entries[i - 1][:40]!r})"
+    if i == len(entries) - 1:
+        return f"a space after the last entry, {after}"
+    return f"two spaces in a row after {after}"
+
+
+def _fast_entry_count(segs: bytes) -> int | None:
     """Entries of a row that is ASCII, well formed and without a repeated entry, or None.
 
     None (a non-ASCII row, a malformed entry, or two entries with the same 64-bit
@@ -210,7 +304,7 @@ def _fast_entry_count(segs: str) -> int | None:
         return 0
     if not segs.isascii():
         return None
-    row = np.frombuffer(segs.encode("ascii"), np.uint8)
+    row = np.frombuffer(segs, np.uint8)
     size = 1 << max(10, (len(row) // 2).bit_length())  # > 2x the entries (each >= 4 bytes)
     table = getattr(_HASH_TABLE, "table", None)
     if table is None or len(table) < size:
@@ -274,62 +368,98 @@ def _first_duplicate(entries: list) -> str:
     return ""
 
 
-def iter_submission(path, k: int, problems: list, want_entries: bool = True,
-                    exact: bool = False) -> Iterator[tuple[int, list | None]]:
-    """Yield (class_id, entries) of valid rows; append `Problem`s to `problems`.
+PROGRESS_MIN_BYTES = 64 << 20  # show a progress bar when reading a file this large
 
-    Stops after MAX_PROBLEMS problems. The caller decides what a problem means.
-    `want_entries=False` yields None for the entries (validation only: no split).
-    `exact=True` checks every row the slow way (see `_check_row`).
+
+def iter_submission(path, k: int, problems: Problems, exact: bool = False, work=None,
+                    progress: bool | None = None, desc: str = "check") -> Iterator[tuple]:
+    """Yield (class_id, work result) for the valid rows, in file order.
+
+    Problems go to `problems` (reading stops when it says so); the caller decides what
+    they mean. Lines are read as bytes (split at b"\n"; a "\r" before it is dropped).
+    Rows are checked, and `work(class_id, segments)` run on the valid ones, by a pool
+    of threads (the numba kernels release the GIL), a few lines ahead of the reader;
+    results come back in file order. `exact=True` checks every row the slow way
+    (see `_check_segments`). A progress bar (stderr) from PROGRESS_MIN_BYTES on, unless
+    `progress` says otherwise.
     """
     path = Path(path)
     if not path.is_file():
         raise SubmissionError(f"{path}: no such file")
     known = frozenset(int(c) for c in segment_class_ids())
     seen: set = set()
-    with open(path, encoding="utf-8", errors="replace", newline="") as f:
-        header = f.readline().rstrip("\r\n")
-        if header != HEADER:
-            problems.append(Problem(1, f"header {header[:40]!r}, expected {HEADER!r}"))
+
+    def check(cid: int, segs: bytes) -> tuple[int, str, object]:  # in a worker thread
+        reason = _check_segments(cid, segs, k, exact)
+        return cid, reason, None if reason or work is None else work(cid, segs)
+
+    def dispatch(line: bytes):  # in file order: the class checks and `seen`
+        if not line:
+            return -1, "empty line", None
+        cid, segs, reason = _check_class(line, known, seen)
+        return (cid, reason, None) if reason else pool.submit(check, cid, segs)
+
+    show = path.stat().st_size >= PROGRESS_MIN_BYTES if progress is None else progress
+    workers = max(1, numba.get_num_threads())
+    with open(path, "rb") as f, ThreadPoolExecutor(workers) as pool, \
+            tqdm(total=path.stat().st_size, desc=desc, unit="B", unit_scale=True,
+                 file=sys.stderr, disable=not show) as bar:
+        header = f.readline()
+        bar.update(len(header))
+        if header.rstrip(b"\r\n") != HEADER.encode():
+            shown = _text(header.rstrip(b"\r\n"))[:40]
+            problems.add(Problem(1, f"header {shown!r}, expected {HEADER!r}"))
+            problems.stopped = True
             return
-        for n, line in enumerate(f, start=2):
-            line = line.rstrip("\r\n")
-            if not line:
-                problems.append(Problem(n, "empty line"))
-            else:
-                cid, entries, reason = _check_row(line, k, known, seen, want_entries, exact)
-                if reason:
-                    problems.append(Problem(n, reason))
-                else:
-                    yield cid, entries
-            if len(problems) >= MAX_PROBLEMS:
+        ahead: deque = deque()  # (line number, bytes, result or future), in file order
+        lines = enumerate(f, start=2)
+        while True:
+            while len(ahead) < 2 * workers:  # keep the workers busy, a few lines ahead
+                n, raw = next(lines, (0, b""))
+                if not raw:
+                    break
+                ahead.append((n, len(raw), dispatch(raw.rstrip(b"\r\n"))))
+            if not ahead:
+                return
+            n, size, task = ahead.popleft()
+            bar.update(size)
+            cid, reason, result = task if isinstance(task, tuple) else task.result()
+            if not reason:
+                yield cid, result
+            elif problems.add(Problem(n, reason)):
+                for *_, task in ahead:
+                    if not isinstance(task, tuple):
+                        task.cancel()
                 return
 
 
-def validate_submission(path, k: int, exact: bool = False) -> list[Problem]:
-    """Every problem of the file (up to MAX_PROBLEMS); empty when valid.
+def validate_submission(path, k: int, exact: bool = False, progress: bool | None = False
+                        ) -> Problems:
+    """Every problem of the file, in file order (the first MAX_PROBLEMS kept, all
+    counted); empty when valid.
 
     exact: without the numba row pass (its reference, several times slower).
     """
-    problems: list[Problem] = []
-    for _ in iter_submission(path, k, problems, want_entries=False, exact=exact):
+    problems = Problems()
+    for _ in iter_submission(path, k, problems, exact=exact, progress=progress,
+                             desc="validate"):
         pass
     return problems
 
 
 def read_submission(path, k: int) -> dict[int, list[str]]:
-    """{class_id: entries} of a valid file; `SubmissionError` naming the first problem otherwise."""
-    problems: list[Problem] = []
-    rows = dict(iter_submission(path, k, problems))
+    """{class_id: entries} of a valid file; `SubmissionError` naming the first problem otherwise.
+
+    Holds every entry as a Python string (about 70 bytes each): for small files and
+    tests; `predict evaluate` streams the file instead (predict/metric.py).
+    """
+    problems = Problems(stop_after=1)
+    rows = {cid: segs.decode("utf-8").split(" ") if segs else []
+            for cid, segs in iter_submission(path, k, problems, work=_segments_of)}
     if problems:
-        raise SubmissionError(problem_summary(path, problems))
+        raise SubmissionError(problems.summary(path))
     return rows
 
 
-def problem_summary(path, problems: list) -> str:
-    """One line: the first problem, and how many more (at least, when validation stopped)."""
-    more = len(problems) - 1
-    if not more:
-        return problems[0].format(path)
-    at_least = "at least " if len(problems) >= MAX_PROBLEMS else ""
-    return f"{problems[0].format(path)} (and {at_least}{more} more problems)"
+def _segments_of(cid: int, segs: bytes) -> bytes:
+    return segs

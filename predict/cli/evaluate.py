@@ -5,25 +5,24 @@ import json
 
 import click
 
-from predict.submission import (
-    SubmissionError,
-    problem_summary,
-    read_submission,
-    validate_submission,
-)
-from predict.topk import DEFAULT_K
+from predict.cli.options import k_option
+from predict.submission import SubmissionError, validate_submission
 
 
 @click.command("validate")
 @click.argument("submission", type=click.Path(dir_okay=False))
-@click.option("--k", default=DEFAULT_K, show_default=True, help="most entries per class")
+@k_option("most entries per class")
 def validate(submission, k) -> None:
-    """Check SUBMISSION; print each problem with its line number, exit 1 if any."""
-    problems = validate_submission(submission, k)
-    for p in problems[1:]:
-        click.echo(p.format(submission), err=True)
+    """Check SUBMISSION; print its problems in file order, exit 1 if any."""
+    problems = validate_submission(submission, k, progress=None)
+    if problems.count > 1:
+        for p in problems:
+            click.echo(p.format(submission), err=True)
+        if problems.count > len(problems):
+            click.echo(f"{submission}: {problems.count - len(problems)} more problems "
+                       f"not shown", err=True)
     if problems:
-        raise SubmissionError(problem_summary(submission, problems))
+        raise SubmissionError(problems.summary(submission))
     click.echo(f"{submission}: valid")
 
 
@@ -31,19 +30,27 @@ def validate(submission, k) -> None:
 @click.argument("submission", type=click.Path(dir_okay=False))
 @click.option("--truth", "truth_path", required=True, type=click.Path(),
               help="a store directory or a truth.parquet")
-@click.option("--k", default=DEFAULT_K, show_default=True, help="list cut per class")
+@k_option("list cut per class")
 @click.option("--json", "as_json", is_flag=True, help="print {map, k, classes, per_class}")
 def evaluate(submission, truth_path, k, as_json) -> None:
     """Score SUBMISSION by MAP@K against the rated segments in --truth."""
     from ingest.store.truth import read_truth
-    from predict.metric import mean_average_precision, truth_by_class
+    from predict.metric import EvaluationError, evaluate_submission, truth_index
 
-    if k < 1:
-        raise SubmissionError(f"--k must be at least 1, got {k}")
-    truth = truth_by_class(read_truth(truth_path))
-    # The file may hold up to the challenge's 100,000 entries per class; MAP@k cuts them to k.
-    rows = read_submission(submission, max(k, DEFAULT_K))
-    result = mean_average_precision(rows, truth, k)
+    truth = truth_index(read_truth(truth_path))
+    if not truth.n_positive.any():
+        raise EvaluationError(
+            f"{truth_path}: no positive ratings (score > 0.5) among its {truth.n_rated} rated "
+            f"(segment, class) pairs: MAP is undefined")
+    ev = evaluate_submission(submission, truth, k)
+    if not ev.video_overlap:
+        raise EvaluationError(
+            f"{submission}: none of its video ids appears in {truth_path} "
+            f"({truth.n_rated} rated pairs): predictions for another split?")
+    if not ev.rated_entries:
+        click.echo(f"Warning: none of the first {k} entries of any class in {submission} is "
+                   f"rated for that class in {truth_path}: MAP is 0", err=True)
+    result = ev.result
     if as_json:
         click.echo(json.dumps(result.to_json()))
     else:

@@ -91,3 +91,62 @@ def test_matches_official_loop_on_random(seed):
     for k in (5, 40, 100):
         got = mean_average_precision(sub, truth_by_class(truth_table(truth_rows)), k)
         assert got.map == pytest.approx(official_map(sub, truth_rows, k))
+
+
+def random_world(seed, n_videos=50, n_classes=40):
+    """A truth (with some (segment, class) pairs rated twice) and a submission dict."""
+    rng = np.random.default_rng(seed)
+    videos = [f"v{i}" + "x" * int(rng.integers(0, 12)) for i in range(n_videos)]
+    classes = rng.choice(1000, n_classes, replace=False)
+    rows = [(videos[int(v)], int(rng.integers(0, 8)) * 5, int(c), float(rng.random() < 0.4))
+            for c in classes for v in rng.choice(n_videos, 30)]
+    pool = [f"{v}:{s}" for v in videos for s in range(0, 40, 5)]
+    scored = list(classes[: n_classes - 5]) + list(rng.choice(1000, 5))  # a few unrated
+    sub = {int(IDS[c]): list(rng.choice(pool, int(rng.integers(0, 120)), replace=False))
+           for c in scored}
+    return rows, sub
+
+
+def write_csv(path, sub):
+    lines = ["Class,Segments"] + [f"{c}," + " ".join(e) for c, e in sub.items()]
+    path.write_text("\n".join(lines) + "\n")
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_streaming_kernel_matches_the_python_twin(tmp_path, seed):
+    """`evaluate_submission` (numba `score_row` over the file's bytes) against
+    `mean_average_precision` on the dict of strings, per class, on random data with
+    repeated ratings (the last one counts), cuts at k and unrated entries."""
+    from predict.metric import evaluate_submission, truth_index
+
+    rows, sub = random_world(seed)
+    write_csv(tmp_path / "s.csv", sub)
+    table = truth_table(rows)
+    for k in (1, 7, 60, 100_000):
+        want = mean_average_precision(sub, truth_by_class(table), k)
+        got = evaluate_submission(tmp_path / "s.csv", truth_index(table), k, progress=False)
+        assert got.result.per_class.keys() == want.per_class.keys()
+        for c, ap in want.per_class.items():
+            assert got.result.per_class[c] == pytest.approx(ap, rel=1e-12, abs=1e-15), c
+        assert got.result.map == pytest.approx(want.map, rel=1e-12)
+        assert got.result.classes == want.classes and got.video_overlap
+    assert want.map > 0.05  # the data does score
+
+
+def test_score_row_counts_rated_entries_and_videos():
+    """The kernel's other outputs: rated entries within k, and whether a video is known."""
+    from predict.metric import score_row, truth_index
+
+    index = truth_index(truth_table([("a", 5, 3, 1.0), ("b", 10, 3, 0.0), ("c", 0, 4, 1.0)]))
+
+    def score(text, k=100, c=3):
+        return score_row(np.frombuffer(text.encode(), np.uint8), k, c, True, index.pairs,
+                         index.rel, index.videos)
+
+    assert score("x:5 a:5 b:10") == (1.0, 2, 1)
+    assert score("b:10 a:5") == (0.5, 2, 1)
+    assert score("b:10 a:5", k=1) == (0.0, 1, 1)
+    assert score("c:0 a:10 zz:5") == (0.0, 0, 1)  # c is rated for class 4 only; a:10 never
+    assert score("zz:5 y:0") == (0.0, 0, 0)
+    assert score("") == (0.0, 0, 0)
+    assert score("ab:5 a:55 a:5") == (1 / 1, 1, 1)  # prefixes of a rated entry do not match

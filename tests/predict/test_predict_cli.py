@@ -130,3 +130,132 @@ def test_cli_does_not_import_torch(world):
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert res.stdout.strip().splitlines()[-1] == "False"
     assert out.exists()
+
+
+def write_sidecar(path, vids, starts):
+    np.save(path, np.zeros((len(vids), 1000), np.uint16))
+    pl.DataFrame({"video_id": vids, "start_time": pl.Series(starts, dtype=pl.Int32)}).write_parquet(
+        path.with_name(path.name.removesuffix(".npy") + ".segments.parquet"))
+
+
+@pytest.mark.parametrize("vids,starts,row,words", [
+    (["a", "b", "a"], [5, 5, 5], 2, "repeats row 0"),
+    (["a", "b:1", "c"], [5, 5, 5], 1, "colon"),
+    (["a", "b", "c d"], [5, 5, 5], 2, "space"),
+    (["a,b", "b"], [5, 5], 0, "comma"),
+    (["a", ""], [5, 5], 1, "empty video id"),
+    (["a", "b"], [5, -10], 1, "negative"),
+])
+def test_topk_refuses_a_bad_segment_table_up_front(tmp_path, vids, starts, row, words):
+    """(Before: exit 0 and a submission that `predict validate` rejects.)"""
+    write_sidecar(tmp_path / "m.npy", vids, starts)
+    out = tmp_path / "sub.csv"
+    one_line_error(run("topk", tmp_path / "m.npy", "--out", out, "--k", 1),
+                   f"m.segments.parquet: row {row}: ", words)
+    assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_topk_names_a_file_that_is_not_npy(world):
+    (world / "text.npy").write_text("video,score\n")
+    (world / "text.segments.parquet").write_bytes((world / "perfect.segments.parquet").read_bytes())
+    one_line_error(run("topk", world / "text.npy", "--out", world / "o.csv"),
+                   "text.npy: not a NumPy .npy file")
+
+
+def test_topk_into_a_missing_folder_names_the_given_path(world):
+    out = world / "missing_dir" / "o.csv"
+    res = run("topk", world / "perfect.npy", "--out", out, "--k", 5)
+    one_line_error(res, f"{out}: its folder {world / 'missing_dir'} does not exist")
+    assert ".tmp" not in res.output and not (world / "missing_dir").exists()
+
+
+def test_writer_failure_names_the_given_path(world, monkeypatch):
+    """A failure after the up-front check (the folder removed meanwhile) still names --out."""
+    from predict.submission import SubmissionError, write_submission
+
+    out = world / "gone" / "o.csv"
+    with pytest.raises(SubmissionError, match=f"^{out}: cannot write") as err:
+        write_submission(out, np.zeros((1000, 2), np.int32),
+                         pl.DataFrame({"video_id": ["a"], "start_time": pl.Series([5], dtype=pl.Int32)}))
+    assert ".tmp" not in str(err.value)
+
+
+@pytest.mark.parametrize("command", ["topk", "validate", "evaluate"])
+def test_k_below_one_refused_by_every_command(world, command):
+    target = world / "perfect.npy" if command == "topk" else world / "sub.csv"
+    (world / "sub.csv").write_text("Class,Segments\n")
+    extra = {"topk": ["--out", world / "o.csv"], "validate": [],
+             "evaluate": ["--truth", world / "truth.parquet"]}[command]
+    for k in (0, -3):
+        one_line_error(run(command, target, *extra, "--k", k), f"--k must be at least 1, got {k}")
+
+
+def rewrite_truth(world, **changes):
+    truth = pl.read_parquet(world / "truth.parquet").with_columns(**changes)
+    path = world / "other_truth.parquet"
+    truth.write_parquet(path)
+    return path
+
+
+def test_evaluate_refuses_truth_without_positives(world):
+    out = world / "sub.csv"
+    assert run("topk", world / "perfect.npy", "--out", out, "--k", 20).exit_code == 0
+    no_positive = rewrite_truth(world, score=pl.lit(0.0, pl.Float32))
+    one_line_error(run("evaluate", out, "--truth", no_positive), "no positive ratings")
+    empty = world / "empty.parquet"
+    pl.read_parquet(world / "truth.parquet").head(0).write_parquet(empty)
+    one_line_error(run("evaluate", out, "--truth", empty), "no positive ratings (score > 0.5) among its 0")
+
+
+def test_evaluate_refuses_another_splits_truth(world):
+    """Test predictions scored against the validate store: no video in common."""
+    out = world / "sub.csv"
+    assert run("topk", world / "perfect.npy", "--out", out, "--k", 20).exit_code == 0
+    other = rewrite_truth(world, video_id=pl.lit("val_") + pl.col("video_id"))
+    one_line_error(run("evaluate", out, "--truth", other), "none of its video ids appears in",
+                   "another split")
+
+
+def test_evaluate_warns_when_nothing_submitted_is_rated(world):
+    """Videos in common but no submitted (segment, class) rated: a warning, MAP 0."""
+    out = world / "sub.csv"
+    assert run("topk", world / "perfect.npy", "--out", out, "--k", 20).exit_code == 0
+    shifted = rewrite_truth(world, start_time=pl.col("start_time") + 1)  # never submitted
+    res = CliRunner().invoke(main, ["evaluate", str(out), "--truth", str(shifted)])
+    assert res.exit_code == 0, res.output
+    assert "Warning: none of the first 100000 entries" in res.stderr
+    assert res.stdout.startswith("MAP@100000 = 0.000000 over ")
+
+
+def test_evaluate_shows_progress_on_a_large_file(world, monkeypatch):
+    from predict import submission
+
+    out = world / "sub.csv"
+    assert run("topk", world / "perfect.npy", "--out", out, "--k", 20).exit_code == 0
+    monkeypatch.setattr(submission, "PROGRESS_MIN_BYTES", 1)
+    res = CliRunner().invoke(main, ["evaluate", str(out), "--truth", str(world / "truth.parquet")])
+    assert res.exit_code == 0, res.output
+    assert "evaluate: 100%" in res.stderr and res.stdout.startswith("MAP@100000 = ")
+
+
+def test_validate_prints_problems_in_file_order_and_counts_them(world):
+    bad = world / "bad.csv"
+    lines = ["Class,Segments"] + [f"{IDS[i]},a:5  b:5" for i in range(120)]
+    bad.write_text("\n".join(lines) + "\n")
+    res = CliRunner().invoke(main, ["validate", str(bad)])
+    assert res.exit_code == 1
+    err = res.stderr.strip().splitlines()
+    assert [int(e.split("line ")[1].split(":")[0]) for e in err[:50]] == list(range(2, 52))
+    assert "two spaces in a row after entry 1 ('a:5')" in err[0]
+    assert err[50] == f"{bad}: 70 more problems not shown"
+    assert err[51] == f"Error: {bad}: 120 problems, the first on line 2"
+    assert len(err) == 52 and "at least" not in res.stderr
+
+
+def test_validate_says_at_least_only_when_it_stopped(world):
+    bad = world / "bad.csv"
+    bad.write_text("Class;Segments\nx\n")
+    one_line_error(run("validate", bad), "line 1: header", "checking stopped there")
+    one = world / "one.csv"
+    one.write_text(f"Class,Segments\n{IDS[0]},a:5 \n")
+    one_line_error(run("validate", one), "line 2: class", "a space after the last entry")

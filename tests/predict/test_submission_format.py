@@ -17,9 +17,11 @@ from predict.submission import (
 IDS = segment_class_ids()
 
 
-@pytest.mark.parametrize("id_len,chunk_bytes", [(12, 64 << 20), (1, 64 << 20), (40, 5000)])
-def test_writer_matches_join_twin(tmp_path, monkeypatch, id_len, chunk_bytes):
-    monkeypatch.setattr(submission, "CHUNK_BYTES", chunk_bytes)  # several chunks of classes
+@pytest.mark.parametrize("id_len,task_bytes,threads", [
+    (12, 64 << 20, None), (1, 64 << 20, 1), (40, 5000, 3), (7, 30_000, 2)])
+def test_writer_matches_join_twin(tmp_path, monkeypatch, id_len, task_bytes, threads):
+    """Byte for byte the join of the entries, whatever the group size and thread count."""
+    monkeypatch.setattr(submission, "TASK_BYTES", task_bytes)  # groups of one or more lines
     rng = np.random.default_rng(id_len)
     n = 300
     ids = [f"v{i}-" + "x" * int(rng.integers(0, id_len + 1)) for i in range(n)]
@@ -28,10 +30,10 @@ def test_writer_matches_join_twin(tmp_path, monkeypatch, id_len, chunk_bytes):
     wide = np.stack([rng.permutation(n)[:80] for _ in range(1000)]).astype(np.int32)
     rows = wide[:, ::2]  # a strided view, like top_k's result
     path = tmp_path / "s.csv"
-    write_submission(path, rows, table)
+    write_submission(path, rows, table, threads=threads)
     entries = [f"{v}:{s}" for v, s in table.iter_rows()]
     twin = ["Class,Segments"] + [f"{IDS[c]}," + " ".join(entries[r] for r in rows[c]) for c in range(1000)]
-    assert path.read_text().splitlines() == twin
+    assert path.read_bytes() == ("\n".join(twin) + "\n").encode()
     assert read_submission(path, k=40)[int(IDS[3])] == [entries[r] for r in rows[3]]
     assert [p.name for p in tmp_path.iterdir()] == ["s.csv"]
 
@@ -77,7 +79,9 @@ def test_valid_file_with_empty_row(tmp_path):
         (f"Class,Segments\n{IDS[0]},a:5\n1,a:5\n", 3, "not one of the 1000"),
         (f"Class,Segments\n{IDS[0]},a:5\n{IDS[0]},b:5\n", 3, "more than one row"),
         (f"Class,Segments\n{IDS[0]},a:5 a:x\n", 2, "bad entry 'a:x'"),
-        (f"Class,Segments\n{IDS[0]},a:5  b:5\n", 2, "bad entry ''"),
+        (f"Class,Segments\n{IDS[0]},a:5  b:5\n", 2, "two spaces in a row after entry 1 ('a:5')"),
+        (f"Class,Segments\n{IDS[0]},a:5 b:5 \n", 2, "a space after the last entry, entry 2 ('b:5')"),
+        (f"Class,Segments\n{IDS[0]}, a:5\n", 2, "a space before the first entry"),
         (f"Class,Segments\n{IDS[0]},a5\n", 2, "bad entry 'a5'"),
         (f"Class,Segments\n{IDS[0]},b:5 a:5 b:5\n", 2, "'b:5' appears more than once"),
         (f"Class,Segments\n{IDS[0]},a:5 b:5 c:5 d:5\n", 2, "4 entries, more than k = 3"),
@@ -116,14 +120,45 @@ def test_fast_row_check_agrees_with_the_exact_one():
             c = alphabet[int(rng.integers(0, len(alphabet)))]
             row = [row[:i] + c + row[i:], row[:i] + row[i + 1:], row[:i] + c + row[i + 1:]][
                 int(rng.integers(0, 3))]
-        _, entries, reason = _check_entries(0, row, k=10)
-        fast = _fast_entry_count(row)
+        entries, reason = _check_entries(0, row, k=10)
+        fast = _fast_entry_count(row.encode())
         if reason:
             assert fast is None, row
         else:
             assert fast in (None, len(entries)), row
             agree += fast == len(entries)
     assert agree > 500  # the fast pass does say yes to most valid rows
-    assert _fast_entry_count("ab:1 ab:1") is None  # a repeated entry
-    assert _fast_entry_count("a:1  b:2") is None and _fast_entry_count("a:1 ") is None
-    assert _fast_entry_count("a:1 b:22 c-d_e:300") == 3 and _fast_entry_count("") == 0
+    assert _fast_entry_count(b"ab:1 ab:1") is None  # a repeated entry
+    assert _fast_entry_count(b"a:1  b:2") is None and _fast_entry_count(b"a:1 ") is None
+    assert _fast_entry_count(b"a:1 b:22 c-d_e:300") == 3 and _fast_entry_count(b"") == 0
+
+
+def test_many_problems_in_file_order_counted_exactly(tmp_path):
+    """Rows are checked by a pool of threads; problems still come in file order, the
+    first MAX_PROBLEMS kept, every one counted; repeated classes found in file order."""
+    rng = np.random.default_rng(3)
+    lines, bad, used = ["Class,Segments"], [], []
+    for i in range(900):
+        kind = int(rng.integers(0, 4)) if rng.random() < 0.3 else -1
+        cls = IDS[i] if kind != 3 else used[int(rng.integers(0, len(used)))] if used else "x"
+        used += [cls] if kind != 3 else []
+        segs = " ".join(f"v{j}:{5 * j}" for j in range(int(rng.integers(0, 300))))
+        segs = {0: segs + " ", 1: "a:5 a:5", 2: "b:"}.get(kind, segs)
+        lines.append(f"{cls},{segs}")
+        if kind >= 0:
+            bad.append(i + 2)
+    p = write(tmp_path, "\n".join(lines) + "\n")
+    problems = validate_submission(p, k=1000)
+    assert [q.line for q in problems] == bad[: submission.MAX_PROBLEMS]
+    assert problems.count == len(bad) > submission.MAX_PROBLEMS and not problems.stopped
+    assert problems.summary(p) == f"{p}: {len(bad)} problems, the first on line {bad[0]}"
+    assert validate_submission(p, k=1000, exact=True) == problems
+
+
+def test_a_bad_header_stops_the_check(tmp_path):
+    p = write(tmp_path, f"Class;Segments\n{IDS[0]},a:5\nnonsense\n")
+    problems = validate_submission(p, k=5)
+    assert problems.count == 1 and problems.stopped
+    assert problems.summary(p).endswith("(checking stopped there)")
+    with pytest.raises(SubmissionError, match="`predict validate` lists every problem"):
+        read_submission(write(tmp_path, f"Class,Segments\n{IDS[0]},a:5 a:5\n{IDS[1]},b\n"), 5)
