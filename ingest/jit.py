@@ -3,6 +3,11 @@
 Set `YT8M_NO_JIT=1` to run every kernel as plain Python (for debugging and for
 checking a kernel against its twin without compilation). Compiled kernels are
 cached on disk (`cache=True`) so that a second process starts fast.
+
+Bounds checking: numba's `NUMBA_BOUNDSCHECK=1` compiles every kernel with array bounds
+checks (an out-of-bounds index raises IndexError), but the on-disk cache does not key on
+it: a process that finds the kernels cached loads them unchecked. Give such a process a
+cache of its own, `NUMBA_CACHE_DIR=<empty directory>` (benchmarks/fuzz_decoder.py does).
 """
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
 """`ingest info` and `ingest verify`: a store's counts, and a full re-read against its manifest."""
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -79,7 +80,7 @@ def source_of(store: Path, entry: dict, source_dir=None) -> Path:
     directory is given, else part.json's `source_path` taken relative to the store."""
     if source_dir is not None:
         return Path(source_dir) / entry["source"]
-    return Path(store) / entry["source_path"]
+    return Path(os.path.normpath(Path(store) / entry["source_path"]))
 
 
 def _verify_source(store: Path, entry: dict, source_dir) -> list[str]:
