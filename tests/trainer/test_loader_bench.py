@@ -40,6 +40,8 @@ def _consistent(r: dict) -> None:
     assert r["feature_mb_per_s"] == pytest.approx(r["feature_bytes"] / r["seconds"] / 1e6)
     assert r["of_memcpy"] == pytest.approx(r["feature_mb_per_s"] / r["memcpy_mb_per_s"])
     assert r["memcpy_mb_per_s"] > 0
+    assert r["cpu_seconds"] > 0
+    assert r["feature_mb_per_cpu_s"] == pytest.approx(r["feature_bytes"] / r["cpu_seconds"] / 1e6)
     assert 0 < r["anon_before_mb"] <= r["anon_peak_mb"]
     assert r["loader_anon_mb"] == pytest.approx(r["anon_peak_mb"] - r["anon_before_mb"])
     assert r["file_peak_mb"] > 0

@@ -30,6 +30,8 @@ _ROWS = (
     ("samples/s", "samples_per_s", "{:,.0f}"),
     ("batches/s", "batches_per_s", "{:,.1f}"),
     ("feature MB/s", "feature_mb_per_s", "{:,.0f}"),
+    ("CPU seconds (all threads)", "cpu_seconds", "{:.2f}"),
+    ("feature MB per CPU second", "feature_mb_per_cpu_s", "{:,.0f}"),
     ("memcpy MB/s (same bytes)", "memcpy_mb_per_s", "{:,.0f}"),
     ("of memcpy", "of_memcpy", "{:.1%}"),
     ("anonymous memory, peak MB", "anon_peak_mb", "{:,.0f}"),

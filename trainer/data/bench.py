@@ -6,10 +6,10 @@
 One run: a warm-up of `warmup_batches` batches (numba kernels loaded, slots touched,
 loader threads started once), then the loader from the start of epoch 0 for
 `seconds` or until the epoch ends, whichever comes first. Counted per batch: valid
-samples (padding repeats excluded), batches, and feature bytes delivered: the uint8
-tensors `frames`, `windows`, `context` as the consumer receives them (padding
-included). Memory is read from /proc/self/status after every batch: anonymous
-resident memory (`RssAnon`: the loader's buffers, Python, torch) and file-backed
+samples (padding repeats excluded), batches, feature bytes delivered (the uint8
+tensors `frames`, `windows`, `context` as the consumer receives them, padding
+included) and the process's CPU time (all threads). Memory is read from
+/proc/self/status after every batch: anonymous resident memory (`RssAnon`: the loader's buffers, Python, torch) and file-backed
 resident memory (`RssFile`: the store's pages mapped by the gathers, which the
 kernel can drop) separately; `loader_anon_mb` is the peak anonymous memory above
 what the process held before the loader was built. Bytes read from the disk come
@@ -89,6 +89,8 @@ class BenchResult:
     samples_per_s: float
     batches_per_s: float
     feature_mb_per_s: float
+    cpu_seconds: float  # CPU time of the whole process (all threads) in the timed part
+    feature_mb_per_cpu_s: float
     memcpy_mb_per_s: float
     of_memcpy: float  # feature bytes/s ÷ memcpy bytes/s
     anon_before_mb: float  # RssAnon before the loader was built
@@ -249,7 +251,7 @@ def run_bench(config: BenchConfig,
     device = torch.device(cfg.device)
     it, batch = iter(loader), None
     read0 = disk_read_bytes()
-    t0 = time.perf_counter()
+    cpu0, t0 = time.process_time(), time.perf_counter()
     for batch in it:
         n = int(plan.batch(batches)[1].sum())  # valid rows, from the host-side plan
         b = feature_bytes(batch)
@@ -261,7 +263,7 @@ def run_bench(config: BenchConfig,
         if time.perf_counter() - t0 >= config.seconds:
             break
     _sync(device)
-    wall = time.perf_counter() - t0
+    wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     read = disk_read_bytes() - read0
     it.close()  # stops and joins the loader threads (outside the timed part)
     anon, file_ = memory_mb()
@@ -274,7 +276,8 @@ def run_bench(config: BenchConfig,
         threads=cfg.threads, device=cfg.device, cold=config.cold, epoch_batches=len(plan),
         batches=batches, samples=samples, feature_bytes=nbytes, seconds=wall,
         epoch_done=batches == len(plan), samples_per_s=samples / wall,
-        batches_per_s=batches / wall, feature_mb_per_s=rate / MB, memcpy_mb_per_s=memcpy / MB,
+        batches_per_s=batches / wall, feature_mb_per_s=rate / MB, cpu_seconds=cpu,
+        feature_mb_per_cpu_s=nbytes / max(cpu, 1e-9) / MB, memcpy_mb_per_s=memcpy / MB,
         of_memcpy=rate / memcpy, anon_before_mb=anon_before, anon_peak_mb=anon_peak,
         loader_anon_mb=anon_peak - anon_before, file_peak_mb=file_peak,
         disk_read_mb=read / MB, disk_read_mb_per_s=read / wall / MB, store_files=n_files)
