@@ -1,0 +1,63 @@
+"""`make demo`'s pipeline, tiny, through the real commands (scripts/demo.py --size tiny):
+every stage's outputs exist and are well formed, and the fine-tuned mixture beats random
+ranking by a wide margin (issue #15)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+DEMO = Path(__file__).parent.parent / "scripts" / "demo.py"
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("demo") / "out"
+    subprocess.run([sys.executable, str(DEMO), str(out), "--size", "tiny"], check=True,
+                   capture_output=True, text=True)
+    return out
+
+
+@pytest.mark.slow
+def test_every_stage_leaves_well_formed_outputs(demo):
+    for split in ("train", "validate", "test"):
+        assert (demo / "stores" / split / "manifest.json").is_file()
+    assert (demo / "shards" / "test" / "truth.parquet").is_file()
+    runs = sorted(p.name for p in (demo / "runs").iterdir())
+    assert len(runs) == 6  # 2 pre-trained, 2 agnostic, 2 aware
+    for run in runs:
+        assert (demo / "runs" / run / "last" / "model.safetensors").is_file()
+        assert (demo / "runs" / run / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    n = None
+    for npy in (demo / "predictions").glob("*.npy"):
+        scores = np.load(npy, mmap_mode="r")
+        assert scores.dtype == np.uint16 and scores.shape[1] == 1000 and scores.max() <= 9999
+        n = n or scores.shape[0]
+        assert scores.shape[0] == n
+    rows = json.loads((demo / "results.json").read_text())
+    assert [r["submission"] for r in rows][0] == "random scores" and len(rows) == 5
+    for r in rows:
+        header = Path(r["csv"]).read_text().splitlines()[0]
+        assert header == "Class,Segments"
+    assert (demo / "results.png").read_bytes()[:4] == b"\x89PNG"
+    assert "| mixture agnostic + aware |" in (demo / "results.md").read_text()
+
+
+@pytest.mark.slow
+def test_the_fine_tuned_mixture_beats_random_ranking_by_a_wide_margin(demo):
+    rows = {r["submission"]: r for r in json.loads((demo / "results.json").read_text())}
+    assert rows["mixture agnostic + aware"]["map"] > 2 * rows["random scores"]["map"] + 0.05
+
+
+def test_refuses_a_folder_it_did_not_make(tmp_path):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "precious.txt").write_text("keep me")
+    result = subprocess.run([sys.executable, str(DEMO), str(mine), "--size", "tiny"],
+                            capture_output=True, text=True)
+    assert result.returncode != 0 and "not an earlier demo's output" in result.stderr
+    assert (mine / "precious.txt").read_text() == "keep me"
