@@ -99,6 +99,39 @@ def test_touched_source_is_refused_too(work, originals):
     assert run("verify", "store", "--sources").exit_code == 0
 
 
+def test_source_changed_while_being_converted(work, originals, monkeypatch):
+    """The source's modification time moves between the first and the last chunk read
+    (a writer still at work): no part, one line, and the next run converts it."""
+    from ingest.store import convert as conv
+
+    a = names(originals)[0]
+    real = conv._decoder
+
+    class Touching:
+        """The real decoder, but the source is touched once its first chunk is read."""
+
+        def __init__(self, on_error):
+            self.dec = real(on_error)
+
+        def __getattr__(self, name):
+            return getattr(self.dec, name)
+
+        def iter_chunks(self, path, chunk_bytes):
+            for i, chunk in enumerate(self.dec.iter_chunks(path, chunk_bytes=chunk_bytes)):
+                if i == 0:
+                    st = os.stat(path)
+                    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1))
+                yield chunk
+
+    monkeypatch.setattr(conv, "_decoder", Touching)
+    line = one_line_error(run("convert", a, "--out", "store", "--quiet"))
+    assert line == f"Error: {a}: changed while it was being converted (size or modification " \
+                   "time); run the same command again"
+    assert not Path("store").exists()
+    monkeypatch.setattr(conv, "_decoder", real)
+    assert run("convert", a, "--out", "store", "--quiet").exit_code == 0
+
+
 def test_verify_sources_moved_and_source_dir(work, originals):
     assert run("convert", "src/*.tfrecord", "--out", "store", "--quiet").exit_code == 0
     shutil.move(work / "src", work / "moved")
