@@ -39,7 +39,7 @@ def test_every_stage_leaves_well_formed_outputs(demo):
         n = n or scores.shape[0]
         assert scores.shape[0] == n
     rows = json.loads((demo / "results.json").read_text())
-    assert [r["submission"] for r in rows][0] == "random scores" and len(rows) == 5
+    assert rows[0]["submission"] == "random scores" and len(rows) == 5
     for r in rows:
         header = Path(r["csv"]).read_text().splitlines()[0]
         assert header == "Class,Segments"
@@ -58,6 +58,13 @@ def test_refuses_a_folder_it_did_not_make(tmp_path):
     mine.mkdir()
     (mine / "precious.txt").write_text("keep me")
     result = subprocess.run([sys.executable, str(DEMO), str(mine), "--size", "tiny"],
-                            capture_output=True, text=True)
+                            check=False, capture_output=True, text=True)
     assert result.returncode != 0 and "not an earlier demo's output" in result.stderr
     assert (mine / "precious.txt").read_text() == "keep me"
+
+
+@pytest.mark.parametrize("command", ["ingest", "train", "predict"])
+def test_console_scripts_answer_version(command):
+    exe = Path(sys.executable).with_name(command)
+    result = subprocess.run([str(exe), "--version"], capture_output=True, text=True, check=True)
+    assert result.stdout.startswith(f"{command}, version ")

@@ -14,6 +14,7 @@ with quiet_while_importing():  # Ctrl-C while the modules below import: exit 130
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="yt8m-segments", prog_name="ingest")
 def main() -> None:
     """Read YouTube-8M TFRecord shards, make synthetic ones, build the training store."""
 

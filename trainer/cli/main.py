@@ -5,6 +5,7 @@ from ingest.cli.util import Group
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="yt8m-segments", prog_name="train")
 def main() -> None:
     """Build, inspect and train the models."""
 
