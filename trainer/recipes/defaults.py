@@ -31,10 +31,19 @@ TINY_AWARE_STEPS = 200
 TINY_CONTEXT_MAX_LEN = 60
 
 
+EVALUATIONS = 50  # evaluations (and checkpoints) per run by default, at least every 100 steps
+
+
+def eval_every(steps: int) -> int:
+    """Evaluate (and save last/) about EVALUATIONS times a run, not more often than every
+    100 steps (a held-out eighth of the real train set takes minutes to evaluate)."""
+    return min(steps, max(100, steps // EVALUATIONS))
+
+
 def pretrain_defaults(model: str) -> dict:
     batch, steps, max_len = PRETRAIN.get(model, (32, 100_000, 150))
     return {"batch_size": batch, "steps": steps, "max_len": max_len, "lr": PRETRAIN_LR,
-            "weight_decay": PRETRAIN_WEIGHT_DECAY}
+            "weight_decay": PRETRAIN_WEIGHT_DECAY, "eval_every": eval_every(steps)}
 
 
 def finetune_defaults(kind: str, segment_model: str) -> dict:
@@ -46,5 +55,6 @@ def finetune_defaults(kind: str, segment_model: str) -> dict:
     else:
         raise TrainerError(f"--kind {kind!r}: agnostic or aware")
     return {"batch_size": SEGMENT_BATCH, "steps": steps, "lr": FINETUNE_LR,
+            "eval_every": eval_every(steps),
             "weight_decay": FINETUNE_WEIGHT_DECAY,
             "max_len": TINY_CONTEXT_MAX_LEN if tiny else CONTEXT_MAX_LEN}

@@ -37,7 +37,7 @@ class LoopConfig:
     seed: int = 0
     eval_every: int = 100
     log_every: int = 10
-    checkpoint_every: int = 0  # 0: at every evaluation (and at the end)
+    checkpoint_every: int = 0  # save last/ every N steps; 0: every eval_every steps
     accumulate: int = 1  # micro-batches per optimiser step
     grad_clip: float = 0.0  # max gradient norm; 0: no clipping
     precision: str = "auto"  # trainer/recipes/runtime.py PRECISIONS
@@ -110,8 +110,8 @@ def train(task, loop: LoopConfig, ranks: Ranks, run: RunDir, config: dict,
             metrics = _evaluate(task, model, ranks, loop, done)
             run.log({"step": done, "split": "eval", **metrics})
             _board(board, {"step": done, "split": "eval", **metrics})
-        if evaluate or done == loop.steps or (loop.checkpoint_every
-                                              and done % loop.checkpoint_every == 0):
+        if evaluate or done == loop.steps or done % (loop.checkpoint_every
+                                                     or loop.eval_every) == 0:
             state = {"step": done, "loader": task.loader.state_dict(), "metrics": metrics}
             if ranks.main:
                 keeper.save(model, optimizer, scheduler, state, config) if evaluate else \
