@@ -23,6 +23,7 @@ from ingest.store.segments import (
     WINDOW_FRAMES,
     candidate_count,
     gather_windows,
+    negatives_numpy,
     outside_video,
     window_spans,
 )
@@ -96,6 +97,23 @@ def _verify_source(store: Path, entry: dict, source_dir) -> list[str]:
     return []
 
 
+def mined_negatives(videos, segments) -> np.ndarray:
+    """The part's mined negatives recomputed from its tables (paper §3.6: classes outside
+    the video's labels and its positively rated segment labels): (V, 125) uint8, packed,
+    with the numpy twin `segments.negatives_numpy` (the writer used the kernel)."""
+    labels = videos["labels"].combine_chunks()  # list<int32>: offsets and values
+    label_offsets = np.asarray(labels.offsets, np.int64)
+    label_offsets -= label_offsets[0]
+    flat = np.asarray(labels.flatten(), np.int64)
+    rated = np.bincount(np.asarray(segments["video_index"], np.int64),
+                        minlength=videos.num_rows)  # segments are in video order
+    seg_offsets = np.concatenate([[0], np.cumsum(rated)]).astype(np.int64)
+    return negatives_numpy(label_offsets, flat, seg_offsets,
+                           np.asarray(segments["label"], np.int64),
+                           np.asarray(segments["score"], np.float32),
+                           np.asarray(videos["has_labels"], bool))
+
+
 def _verify_part(store: Path, entry: dict) -> list[str]:
     import pyarrow.parquet as pq
     import zarr
@@ -134,6 +152,8 @@ def _verify_part(store: Path, entry: dict) -> list[str]:
     neg = np.load(d / "negatives.npy")
     if neg.shape != (c["videos"], NEGATIVE_BYTES):
         out.append(f"negatives.npy has shape {neg.shape}")
+    elif not np.array_equal(neg, mined_negatives(v, s)):
+        out.append("negatives.npy differs from the negatives mined from the tables (§3.6)")
     frames = zarr.open_array(str(d / "frames.zarr"), mode="r")
     windows = zarr.open_array(str(d / "windows.zarr"), mode="r")
     if frames.shape != (c["frames"], FRAME_BYTES):
