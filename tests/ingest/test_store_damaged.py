@@ -8,10 +8,12 @@ import shutil
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
 from ingest.store import Store, StoreError, verify_store
 from ingest.store.layout import FORMAT_VERSION, MANIFEST
 from ingest.store.truth import TruthError, read_truth
+from predict.cli.main import main as predict_main
 from tests.ingest.clirun import one_line_error, run
 from tests.ingest.test_convert_content import synth_shards
 
@@ -86,6 +88,10 @@ def test_damaged_manifest_is_one_line_everywhere(store, name):
         with pytest.raises(error) as info:
             reader(store)
         assert str(info.value) == line.removeprefix("Error: ")
+    # the same line where users meet read_truth: `predict evaluate --truth STORE`
+    res = CliRunner().invoke(predict_main, ["evaluate", str(store / "sub.csv"), "--truth",
+                                            str(store)])
+    assert one_line_error(res) == line
 
 
 def test_convert_rebuilds_a_damaged_manifest_and_says_so(store, sources):
