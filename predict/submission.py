@@ -36,7 +36,7 @@ _ENTRY_RE = re.compile(_ENTRY)
 _ROW_RE = re.compile(rf"(?:{_ENTRY}(?: {_ENTRY})*)?")
 MAX_PROBLEMS = 50  # problems kept (and shown by `predict validate`); all are counted
 PROGRESS_MIN_ENTRIES = 10_000_000  # show a progress bar when writing this many entries
-PREFETCH_AHEAD = 16  # entries: the slot of the entry this far ahead is fetched early
+PREFETCH_AHEAD = 64  # entries: the code of the entry this far ahead is fetched early
 TASK_BYTES = 1 << 20  # lines rendered per thread task: whole lines of about this many bytes
 
 
@@ -64,60 +64,126 @@ def string_blob(strings: pl.Series) -> tuple[np.ndarray, np.ndarray]:
     return blob, offsets
 
 
-def entry_slots(segments: pl.DataFrame) -> np.ndarray:
-    """Each segment's `videoid:start ` (with its trailing space) in a fixed-width slot.
+NARROW_CODE_BITS = 32  # entry codes are uint32 when video and start indices fit, else uint64
 
-    Returns slots (n, W) uint64: the entry's bytes, zero padding, and in the
-    slot's last byte the entry's length with the space (W words: at least one
-    byte more than the longest entry). Writing an entry is then W word stores,
-    and its length comes with the same cache line.
+
+@dataclass(frozen=True)
+class EntryTable:
+    """The `videoid:start ` text of every segment, compact enough to stay in cache.
+
+    codes (n,) uint32 (uint64 when the indices do not fit 32 bits): per segment row,
+    `video << start_bits | start`; video_slots (V, WV) uint64: a video id and its
+    ':' (`text_slot` layout); start_slots (S, WS) uint64: a start's digits and the
+    separating space. At the real test set's size the codes take 6.8 MB and the
+    slots under 1 MB (16-byte slots per row would take 27 MB): the renderer's one
+    random read per entry mostly hits the cache.
     """
-    blob, offsets = entry_blob(segments)
-    longest = int(np.diff(offsets).max(initial=0)) + 1  # with the space
+
+    codes: np.ndarray
+    start_bits: int
+    video_slots: np.ndarray
+    start_slots: np.ndarray
+
+    def line_capacity(self, k: int) -> int:
+        """Bytes a line of k entries may touch (stores are whole words) plus a newline."""
+        return k * 8 * (self.video_slots.shape[1] + self.start_slots.shape[1]) + 8
+
+
+def entry_table(segments: pl.DataFrame) -> EntryTable:
+    """`EntryTable` of a segment table (video_id string, start_time int >= 0).
+
+    Videos are indexed by run (consecutive rows with the same id share a slot; a
+    video met again later gets another, equal slot), starts by distinct value.
+    """
+    vid = segments["video_id"]
+    first = (vid != vid.shift(1)).fill_null(True).to_numpy()
+    video = np.cumsum(first, dtype=np.int64) - 1
+    starts = segments["start_time"].cast(pl.Int64).to_numpy()
+    if len(starts) and starts.min() < 0:
+        raise SubmissionError(f"a negative start time ({starts.min()}): not a submission entry")
+    values, start = _distinct(starts)
+    start_bits = max(1, (len(values) - 1).bit_length())
+    bits = start_bits + max(1, int(video[-1] if len(video) else 0).bit_length())
+    dtype = np.uint32 if bits <= NARROW_CODE_BITS else np.uint64
+    codes = (video.astype(dtype) << dtype(start_bits)) | start.astype(dtype)
+    return EntryTable(codes, start_bits, text_slots(vid.filter(pl.Series(first)), ord(":")),
+                      text_slots(pl.Series(values).cast(pl.String), ord(" ")))
+
+
+def _distinct(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(sorted distinct values, each value's index among them) of non-negative ints:
+    `np.unique(..., return_inverse=True)`, by a presence table when the values are
+    small (start times: 10x faster than sorting 1.7M of them)."""
+    top = int(values.max(initial=0))
+    if top > 4 * len(values) + 4096:
+        return np.unique(values, return_inverse=True)
+    present = np.zeros(top + 1, bool)
+    present[values] = True
+    rank = np.cumsum(present) - 1
+    return np.flatnonzero(present), rank[values]
+
+
+def text_slots(strings: pl.Series, suffix: int) -> np.ndarray:
+    """Each string + the byte `suffix` in a slot of W uint64 words (W: at least one byte
+    more than the longest), zero padded, its length (with the suffix) in the last byte."""
+    blob, offsets = string_blob(strings)
+    longest = int(np.diff(offsets).max(initial=0)) + 1
     words = -(-(longest + 1) // 8)
     if 8 * words - 1 > 255:
-        raise SubmissionError(f"a segment entry of {longest - 1} bytes: too long to write")
+        raise SubmissionError(f"a video id of {longest - 1} bytes: too long to write")
     slots = np.zeros((len(offsets) - 1, words), np.uint64)
-    fill_slots(blob, offsets, slots.view(np.uint8))
+    fill_slots(blob, offsets, suffix, slots.view(np.uint8))
     return slots
 
 
 @njit
-def fill_slots(blob, offsets, slot_bytes):
-    """slot_bytes[i] = blob[offsets[i]:offsets[i + 1]] + b" ", zeros, its length last."""
+def fill_slots(blob, offsets, suffix, slot_bytes):
+    """slot_bytes[i] = blob[offsets[i]:offsets[i + 1]] + suffix, zeros, its length last."""
     for i in range(slot_bytes.shape[0]):
         n = offsets[i + 1] - offsets[i]
         for j in range(n):
             slot_bytes[i, j] = blob[offsets[i] + j]
-        slot_bytes[i, n] = 32  # b" "
+        slot_bytes[i, n] = suffix
         slot_bytes[i, slot_bytes.shape[1] - 1] = n + 1
 
 
 @njit
-def render_lines(slots, rows, prefixes, prefix_offsets, out):
+def render_lines(codes, start_bits, video_slots, start_slots, rows, prefixes, prefix_offsets,
+                 out):
     """Lines `prefix entries\n` back to back into `out`; returns the bytes used.
 
-    slots (n, W) uint64 from `entry_slots`; rows (G, k) int row indices, best first;
-    line i starts with prefixes[prefix_offsets[i]:prefix_offsets[i + 1]] (its
-    `Class,`); out: uint8 with room for G (k * 8 W + 8 + prefix) bytes. Each entry
-    is W unaligned 8-byte stores (the next entry overwrites the padding and the
-    length byte): no byte loop, one cache miss per entry (its slot, fetched
-    PREFETCH_AHEAD entries early). One thread; `write_submission` runs it in several.
+    codes, start_bits, video_slots, start_slots: an `EntryTable`; rows (G, k) int row
+    indices, best first; line i starts with prefixes[prefix_offsets[i]:prefix_offsets[i
+    + 1]] (its `Class,`); out: uint8 with room for G lines of `line_capacity(k)` plus
+    their prefixes. An entry is its row's code (fetched PREFETCH_AHEAD entries early,
+    its video slot a quarter of that), then the video slot's words and the start
+    slot's words as unaligned 8-byte stores, each next store overwriting the padding
+    and the length byte: no byte loop. One thread; `write_submission` runs it in several.
     """
-    words = slots.shape[1]
+    vw, sw = video_slots.shape[1], start_slots.shape[1]
+    shift = codes.dtype.type(start_bits)
+    mask = (codes.dtype.type(1) << shift) - codes.dtype.type(1)
+    near = PREFETCH_AHEAD // 4
+    k = rows.shape[1]
     pos = 0
     for i in range(rows.shape[0]):
         for b in range(prefix_offsets[i], prefix_offsets[i + 1]):
             out[pos] = prefixes[b]
             pos += 1
         start = pos
-        for j in range(rows.shape[1]):
-            r = rows[i, j]
-            if j + PREFETCH_AHEAD < rows.shape[1]:
-                prefetch_write(slots, rows[i, j + PREFETCH_AHEAD], 0)
-            for w in range(words):
-                store_u64(out, pos + 8 * w, slots[r, w])
-            pos += np.int64(slots[r, words - 1] >> np.uint64(56))
+        for j in range(k):
+            if j + PREFETCH_AHEAD < k:
+                prefetch_write(codes, rows[i, j + PREFETCH_AHEAD], 0)
+            if j + near < k:
+                prefetch_write(video_slots, codes[rows[i, j + near]] >> shift, 0)
+            c = codes[rows[i, j]]
+            v, s = c >> shift, c & mask
+            for w in range(vw):
+                store_u64(out, pos + 8 * w, video_slots[v, w])
+            pos += np.int64(video_slots[v, vw - 1] >> np.uint64(56))
+            for w in range(sw):
+                store_u64(out, pos + 8 * w, start_slots[s, w])
+            pos += np.int64(start_slots[s, sw - 1] >> np.uint64(56))
         if pos > start:
             out[pos - 1] = 10  # b"\n" over the last entry's space
         else:
@@ -141,9 +207,9 @@ def write_submission(path, rows: np.ndarray, segments: pl.DataFrame, class_ids=N
     """
     path = Path(path)
     class_ids = segment_class_ids() if class_ids is None else np.asarray(class_ids)
-    slots = entry_slots(segments)
+    table = entry_table(segments)
     prefixes, prefix_offsets = _class_prefixes(class_ids)
-    line_cap = rows.shape[1] * slots.shape[1] * 8 + 8 + int(np.diff(prefix_offsets).max(initial=0))
+    line_cap = table.line_capacity(rows.shape[1]) + int(np.diff(prefix_offsets).max(initial=0))
     group = max(1, min(len(rows), TASK_BYTES // line_cap))
     workers = max(1, threads or numba.get_num_threads())
     free = [np.empty(group * line_cap, np.uint8) for _ in range(2 * workers)]
@@ -152,7 +218,8 @@ def write_submission(path, rows: np.ndarray, segments: pl.DataFrame, class_ids=N
 
     def render(c0: int, out: np.ndarray) -> int:  # in a worker thread
         c1 = min(c0 + group, len(rows))
-        return render_lines(slots, rows[c0:c1], prefixes, prefix_offsets[c0:c1 + 1], out)
+        return render_lines(table.codes, table.start_bits, table.video_slots, table.start_slots,
+                            rows[c0:c1], prefixes, prefix_offsets[c0:c1 + 1], out)
 
     try:
         with open(tmp, "wb") as f, ThreadPoolExecutor(workers) as pool, \
@@ -296,19 +363,19 @@ def _stray_space(entries: list, i: int) -> str:
 def _fast_entry_count(segs: bytes) -> int | None:
     """Entries of a row that is ASCII, well formed and without a repeated entry, or None.
 
-    None (a non-ASCII row, a malformed entry, or two entries with the same 64-bit
-    hash) sends the row to `_check_entries`, which decides and names the problem;
-    so this pass only has to be right when it says yes.
+    None (a non-ASCII row, a malformed entry, or two entries that look alike to the
+    hash table) sends the row to `_check_entries`, which decides and names the
+    problem; so this pass only has to be right when it says yes.
     """
     if not segs:
         return 0
     if not segs.isascii():
         return None
     row = np.frombuffer(segs, np.uint8)
-    size = 1 << max(10, (len(row) // 2).bit_length())  # > 2x the entries (each >= 4 bytes)
+    size = 1 << max(10, (2 * segs.count(b" ") + 2).bit_length())  # > 2x the entries
     table = getattr(_HASH_TABLE, "table", None)
     if table is None or len(table) < size:
-        table = _HASH_TABLE.table = np.empty(size, np.uint64)
+        table = _HASH_TABLE.table = np.empty(size, np.uint32)
     n = count_entries(row, table[:size])
     return n if n >= 0 else None
 
@@ -319,8 +386,10 @@ _HASH_TABLE = threading.local()  # per thread: `count_entries`'s table, reused r
 @njit
 def count_entries(row, table):
     """Entries `[^\\s,:]+:[0-9]+` separated by single spaces in the ASCII bytes `row`,
-    or -1 if one is malformed or two hash alike (FNV-1a 64 into the open-addressing
-    `table`, power-of-two size, more than twice the entries)."""
+    or -1 if one is malformed or two look alike: the FNV-1a 64 hash of each entry
+    picks a slot of the open-addressing uint32 `table` (power-of-two size, more than
+    twice the entries; 1 MB for 100,000 entries: in L2) by its low bits and is stored
+    there as its high 32 bits; an equal value on the probe path means "alike"."""
     table[:] = 0
     mask = table.shape[0] - 1
     n, i, size = 0, 0, row.shape[0]
@@ -338,13 +407,13 @@ def count_entries(row, table):
             i += 1
         if i == digits:
             return -1
-        h |= np.uint64(1)  # 0 marks an empty slot
+        tag = np.uint32(h >> np.uint64(32)) | np.uint32(1)  # 0 marks an empty slot
         slot = np.int64(h & np.uint64(mask))
         while table[slot] != 0:
-            if table[slot] == h:
+            if table[slot] == tag:
                 return -1
             slot = (slot + 1) & mask
-        table[slot] = h
+        table[slot] = tag
         n += 1
         if i == size:
             return n

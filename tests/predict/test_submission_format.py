@@ -17,16 +17,25 @@ from predict.submission import (
 IDS = segment_class_ids()
 
 
-@pytest.mark.parametrize("id_len,task_bytes,threads", [
-    (12, 64 << 20, None), (1, 64 << 20, 1), (40, 5000, 3), (7, 30_000, 2)])
-def test_writer_matches_join_twin(tmp_path, monkeypatch, id_len, task_bytes, threads):
-    """Byte for byte the join of the entries, whatever the group size and thread count."""
+@pytest.mark.parametrize("id_len,task_bytes,threads,starts,narrow_bits", [
+    (12, 64 << 20, None, 400, 32), (1, 64 << 20, 1, 400, 32), (40, 5000, 3, 400, 32),
+    (7, 30_000, 2, 400_000_000, 32), (20, 64 << 20, 2, 3, 4)])
+def test_writer_matches_join_twin(tmp_path, monkeypatch, id_len, task_bytes, threads, starts,
+                                  narrow_bits):
+    """Byte for byte the join of the entries, whatever the group size, thread count, id
+    length (1-6 words), start range (the presence table or np.unique), code width
+    (uint32, or uint64 when the indices do not fit `narrow_bits`) and row order
+    (videos grouped in runs, some met again later, as the entry table indexes them)."""
     monkeypatch.setattr(submission, "TASK_BYTES", task_bytes)  # groups of one or more lines
+    monkeypatch.setattr(submission, "NARROW_CODE_BITS", narrow_bits)
     rng = np.random.default_rng(id_len)
     n = 300
-    ids = [f"v{i}-" + "x" * int(rng.integers(0, id_len + 1)) for i in range(n)]
+    ids = [f"v{i // 3 % 70}-" + "x" * int(rng.integers(0, id_len + 1)) * (i // 3 % 70 == i // 3)
+           for i in range(n)]  # runs of 3 rows; ids 0-69 twice, the later runs other ids
     table = pl.DataFrame({"video_id": ids,
-                          "start_time": pl.Series(rng.integers(0, 400, n) * 5, dtype=pl.Int32)})
+                          "start_time": pl.Series(rng.integers(0, starts, n) * 5, dtype=pl.Int32)})
+    table = table.unique(maintain_order=True)  # distinct entries, as a checked table has
+    n = table.height
     wide = np.stack([rng.permutation(n)[:80] for _ in range(1000)]).astype(np.int32)
     rows = wide[:, ::2]  # a strided view, like top_k's result
     path = tmp_path / "s.csv"
@@ -36,6 +45,8 @@ def test_writer_matches_join_twin(tmp_path, monkeypatch, id_len, task_bytes, thr
     assert path.read_bytes() == ("\n".join(twin) + "\n").encode()
     assert read_submission(path, k=40)[int(IDS[3])] == [entries[r] for r in rows[3]]
     assert [p.name for p in tmp_path.iterdir()] == ["s.csv"]
+    codes = submission.entry_table(table).codes
+    assert codes.dtype == (np.uint64 if narrow_bits < 10 else np.uint32)
 
 
 def test_writer_plain_python_twin(tmp_path):
