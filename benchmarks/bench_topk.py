@@ -24,6 +24,13 @@ backs guest memory lazily; see benchmarks/vm_memory.py; `--cold` leaves it out).
 
 `--validate` also times `predict validate` of one model's full submission, the
 project's row pass against the exact regex-and-set check alone, in the same run.
+`--process` times the whole `predict topk M.npy --out CSV` command (one model, a
+fresh process: interpreter, imports, reading, top-k, the CSV) against the sum of
+three floors measured alternately with it in the same run (issue #14's target:
+at most 2.5x): one read pass of the .npy, a raw write of as many bytes as the CSV
+has (one `write` of a ready buffer into the same folder), and a process that only
+imports the command (`python -c "import predict.cli.main"`). The CSV goes to
+--out-dir (default bench_data/predict/, on disk; /dev/shm for tmpfs).
 `--keep` leaves the generated files; by default they are deleted at the end.
 """
 from __future__ import annotations
@@ -164,6 +171,41 @@ def worker_argpartition(paths: list[str], k: int, n_classes: int) -> dict:
     return {"gather_s": gather * scale, "select_s": select * scale, "total_s": (gather + select) * scale}
 
 
+def whole_process(path: Path, out_dir: Path, repeats: int) -> None:
+    """`predict topk` as a whole process beside its three floors, alternating."""
+    out = out_dir / "bench_process.csv"
+    predict = [str(Path(sys.executable).with_name("predict")), "topk", str(path), "--out", str(out)]
+    subprocess.run(predict, check=True, capture_output=True, cwd=ROOT)  # numba's cache is warm
+    raw = np.ones(out.stat().st_size, np.uint8)
+    out.unlink()
+    rows = []
+    for _ in range(repeats):
+        read = read_pass(path)
+        t = time.perf_counter()
+        subprocess.run([sys.executable, "-c", "import predict.cli.main"], check=True, cwd=ROOT)
+        imports = time.perf_counter() - t
+        t = time.perf_counter()
+        with open(out, "wb") as f:
+            f.write(raw)
+        write = time.perf_counter() - t
+        out.unlink()
+        warm_guest_memory(WARM_GB)
+        t = time.perf_counter()
+        subprocess.run(predict, check=True, capture_output=True, cwd=ROOT)
+        whole = time.perf_counter() - t
+        out.unlink()
+        rows.append((whole, read, write, imports))
+        print(f"  predict topk {whole:.2f} s; floors: read {read:.2f} + raw write {write:.2f} "
+              f"+ imports {imports:.2f} = {read + write + imports:.2f} s; "
+              f"{whole / (read + write + imports):.2f}x", flush=True)
+    med = [float(np.median(col)) for col in zip(*rows)]
+    ratio = float(np.median([r[0] / sum(r[1:]) for r in rows]))
+    print(f"whole predict topk, 1 model: {med[0]:.2f} s; floors (medians): read pass "
+          f"{med[1]:.2f} s + raw write of the CSV's {raw.nbytes / 1e9:.2f} GB {med[2]:.2f} s + "
+          f"imports {med[3]:.2f} s = {sum(med[1:]):.2f} s; {ratio:.2f}x (median of "
+          f"per-repeat ratios; target <= 2.5x)")
+
+
 def run_worker(args: list[str], env: dict | None = None) -> dict:
     """One measurement in a fresh process (`env`: e.g. a PYTHONPATH of another checkout)."""
     cmd = [sys.executable, __file__, "--worker", *args]
@@ -200,6 +242,11 @@ def main() -> None:
     ap.add_argument("--validate", action="store_true",
                     help="also time `predict validate` of one model's submission, fast row "
                          "pass against the exact check alone (about a minute more)")
+    ap.add_argument("--process", action="store_true",
+                    help="also time the whole `predict topk` command (one model) against "
+                         "a read pass + a raw write of its CSV + the imports")
+    ap.add_argument("--out-dir", type=Path, default=DATA,
+                    help="where --process writes the CSV (default bench_data/predict/)")
     ap.add_argument("--cold", action="store_true",
                     help="no memory warm-up before the timed runs (see warm_guest_memory)")
     ap.add_argument("--worker", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
@@ -240,6 +287,8 @@ def main() -> None:
         print(f"baseline (a) argpartition per column, {n} model(s): {base['total_s']:.1f} s "
               f"(extrapolated from {a.baseline_classes} classes: gather {base['gather_s']:.1f} s, "
               f"select {base['select_s']:.1f} s); project is {base['total_s'] / proj['topk_s']:.1f}x faster")
+    if a.process:
+        whole_process(paths[0], a.out_dir, a.repeats)
     if a.validate:
         v = run_worker(["validate", str(a.k), str(paths[0])])
         print(f"validate a 1-model submission: project {v['fast_s']:.2f} s, exact check alone "
