@@ -32,17 +32,21 @@ _DEFAULT = SynthConfig()  # the option defaults are the config's, stated once th
               default=_DEFAULT.beyond_end_rate, show_default=True,
               help="validate: share of rated videos given one extra rating that starts "
                    "past the video's end, as a few real records have.")
+@click.option("--classes", type=click.IntRange(2, 1000), default=_DEFAULT.classes,
+              show_default=True,
+              help="Use only the N most popular segment classes (more examples per class "
+                   "in a small dataset; the demo uses 50).")
 @click.option("--overwrite", is_flag=True,
               help="Replace shards (and truth.parquet) of the same names already in OUT_DIR; "
                    "without it, the command refuses to write over them.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def synth(out_dir: str, split: str, shards: int, videos_per_shard: int, seed: int,
           world_seed: int, min_frames: int, max_frames: int, edge_cases: bool,
-          beyond_end_rate: float, overwrite: bool, quiet: bool) -> None:
+          beyond_end_rate: float, classes: int, overwrite: bool, quiet: bool) -> None:
     """Write synthetic frame-level shards OUT_DIR/<split>-NNNNN-of-MMMMM.tfrecord."""
     config = SynthConfig(out_dir=out_dir, split=split, shards=shards,
                          videos_per_shard=videos_per_shard, seed=seed, world_seed=world_seed,
                          min_frames=min_frames, max_frames=max_frames, edge_cases=edge_cases,
-                         beyond_end_rate=beyond_end_rate)
+                         beyond_end_rate=beyond_end_rate, classes=classes)
     for path in write_synth(config, progress=not quiet, overwrite=overwrite):
         click.echo(str(path))

@@ -27,7 +27,7 @@ from ingest.jit import JIT_ENABLED
 from ingest.store.segments import DROP_FIRST_SEGMENTS, DROP_LAST_SEGMENTS, SEGMENT_FRAMES
 from ingest.store.truth import TRUTH_SCHEMA
 from ingest.synth.world import NOISE_SCALE, World, make_world, render_frames, render_frames_np
-from ingest.vocab import class_index_of_label, segment_class_ids
+from ingest.vocab import N_SEGMENT_CLASSES, class_index_of_label, segment_class_ids
 
 SPLITS = ("train", "validate", "test")
 _SPLIT_CODE = {"train": 1, "validate": 2, "test": 3}  # enters the shard seed
@@ -62,6 +62,7 @@ class SynthConfig:
     max_frames: int = MAX_FRAMES
     edge_cases: bool = False  # mix in 1-frame, 300-frame and < 40-frame videos
     beyond_end_rate: float = 0.0  # validate: share of rated videos with a rating past the end
+    classes: int = N_SEGMENT_CLASSES  # segment classes in use: the most popular N (docs/synth.md)
 
     def __post_init__(self) -> None:
         if self.split not in SPLITS:
@@ -75,6 +76,8 @@ class SynthConfig:
             raise IngestError("--beyond-end-rate must be within [0, 1]")
         if self.seed < 0 or self.world_seed < 0:
             raise IngestError("seeds must be >= 0")
+        if not 2 <= self.classes <= N_SEGMENT_CLASSES:
+            raise IngestError(f"--classes must be within 2..{N_SEGMENT_CLASSES}")
 
 
 @dataclass(frozen=True)
@@ -109,10 +112,21 @@ def _draw_length(rng: np.random.Generator, config: SynthConfig) -> int:
     return int(rng.integers(config.min_frames, config.max_frames + 1))
 
 
-def _draw_labels(rng: np.random.Generator, world: World) -> np.ndarray:
-    """(k,) int64 vocabulary ids, k in 1..5; the first is a segment class; no two partners."""
+def popular_classes(world: World, n: int) -> np.ndarray:
+    """(1000,) bool: the world's n most popular segment classes (by label frequency)."""
+    weight = np.diff(world.segment_cdf, prepend=0.0)
+    keep = np.zeros(len(weight), bool)
+    keep[np.argsort(-weight, kind="stable")[:n]] = True
+    return keep
+
+
+def _draw_labels(rng: np.random.Generator, world: World, in_use: np.ndarray) -> np.ndarray:
+    """(k,) int64 vocabulary ids, k in 1..5; the first is a segment class; no two partners;
+    no segment class outside `in_use (1000,)` bool."""
     k = 1 + int(rng.choice(len(LABEL_COUNT_P), p=LABEL_COUNT_P))
     first = int(np.searchsorted(world.segment_cdf, rng.random(), side="right"))
+    while not in_use[first]:  # the first label again, until it is a class in use
+        first = int(np.searchsorted(world.segment_cdf, rng.random(), side="right"))
     labels = [int(segment_class_ids()[first])]
     cls_of = class_index_of_label()
     taken = {first}
@@ -121,7 +135,7 @@ def _draw_labels(rng: np.random.Generator, world: World) -> np.ndarray:
             break
         lab = int(np.searchsorted(world.vocab_cdf, rng.random(), side="right"))
         c = int(cls_of[lab])
-        if lab in labels or (c >= 0 and int(world.partner[c]) in taken):
+        if lab in labels or (c >= 0 and (int(world.partner[c]) in taken or not in_use[c])):
             continue
         labels.append(lab)
         if c >= 0:
@@ -205,9 +219,10 @@ def iter_shard(config: SynthConfig, split: str,
     seg_add = np.zeros((-(-MAX_FRAMES // SEGMENT_FRAMES), FRAME_BYTES), np.float32)
     cls_of = class_index_of_label()
     rate = config.beyond_end_rate if split == "validate" else 0.0
+    in_use = popular_classes(world, config.classes)
     for i in range(config.videos_per_shard):
         n = _draw_length(rng, config)
-        labels = _draw_labels(rng, world)
+        labels = _draw_labels(rng, world, in_use)
         classes = cls_of[labels]
         classes = classes[classes >= 0].astype(np.int64)
         n_seg = -(-n // SEGMENT_FRAMES)
