@@ -26,7 +26,12 @@ import numpy as np
 import torch
 
 from ingest.store import Store
-from ingest.store.segments import DROP_FIRST_SEGMENTS, DROP_LAST_SEGMENTS, SEGMENT_FRAMES
+from ingest.store.segments import (
+    DROP_FIRST_SEGMENTS,
+    DROP_LAST_SEGMENTS,
+    SEGMENT_FRAMES,
+    unpack_negatives,
+)
 from trainer.data import gather as G
 from trainer.data.batches import BATCH_TYPES, KINDS, PACKED, SPECS, HostSlot, unpack_bits
 from trainer.data.index import StoreIndex
@@ -329,12 +334,15 @@ class Loader:
 
     # ------------------------------------------------------------ to tensors / device
     def _to_tensors(self, slot: HostSlot, dims: dict) -> object:
-        """CPU: tensors over the slot's buffers (packed fields unpacked)."""
+        """CPU: tensors over the slot's buffers; packed fields unpacked with numpy (torch's
+        bit ops on these small CPU tensors wake its intra-op thread pool, which cost ~100x
+        the unpack itself on a few cores shared with the loader threads: benchmarks/RESULTS.md
+        `## loader`)."""
         out = {}
         for name in SPECS[self.config.kind]:
             if name in slot.buffers:
-                t = torch.from_numpy(slot.view(name, dims))
-                out[name] = unpack_bits(t) if name in PACKED else t
+                view = slot.view(name, dims)
+                out[name] = torch.from_numpy(unpack_negatives(view) if name in PACKED else view)
         return BATCH_TYPES[self.config.kind](**out)
 
     def _copy(self, slot: HostSlot, dims: dict):
