@@ -3,14 +3,16 @@ eviction, and its one-line errors (trainer/data/bench.py, trainer/cli/data.py)."
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
 
+from ingest.store import Store
 from trainer.cli.main import main
-from trainer.data import Loader, LoaderConfig
+from trainer.data import Loader, LoaderConfig, StoreIndex
 from trainer.data.bench import disk_read_bytes, evict, mapped, memcpy_rate, store_files
 
 FRAME_BYTES = 1152
@@ -86,17 +88,26 @@ def test_seconds_stops_before_the_epoch_ends(validate_store):
     assert r["batches"] == 1 and r["epoch_batches"] > 1 and not r["epoch_done"]
 
 
-def test_cold_evicts_then_reads_the_kinds_files_sequentially(validate_store):
-    r = bench(validate_store, "--kind", "segment", "--batch-size", "16", "--cold")
-    assert r["cold"] and r["store_files"] == len(store_files(validate_store.path))
-    windows = [p for p in store_files(validate_store.path)
+def test_cold_evicts_then_reads_the_kinds_files_sequentially(validate_store, tmp_path):
+    # a copy of its own: --cold refuses a store that another loader of the process maps
+    store = Store(shutil.copytree(validate_store.path, tmp_path / "store"))
+    r = bench(store, "--kind", "segment", "--batch-size", "16", "--cold")
+    assert r["cold"] and r["store_files"] == len(store_files(store.path))
+    windows = [p for p in store_files(store.path)
                if "windows.zarr" in p.parts and p.name != "zarr.json"]
     assert r["read_files_mb"] == pytest.approx(sum(p.stat().st_size for p in windows) / 1e6)
     assert r["seq_read_mb_per_s"] > 0
-    if _filesystem(validate_store.path) != "tmpfs":  # evicted: the epoch read from storage
+    if _filesystem(store.path) != "tmpfs":  # evicted: the epoch read from storage
         assert r["disk_read_mb"] > 0
     assert r["of_seq_read"] == pytest.approx(r["disk_read_mb_per_s"] / r["seq_read_mb_per_s"])
     _consistent(r)
+
+
+def test_cold_refuses_a_store_mapped_elsewhere_in_the_process(validate_store):
+    other = StoreIndex.build(validate_store)  # e.g. a training loader of the same store
+    line = fail(str(validate_store.path), "--kind", "segment", "--cold")
+    assert "still mapped" in line and "--cold" in line
+    del other
 
 
 def test_table_output(validate_store):

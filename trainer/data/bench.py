@@ -314,5 +314,6 @@ def _released(paths: list[Path]) -> None:
     any more: the kernel keeps the pages of mapped files, so eviction needs this."""
     gc.collect()
     if left := mapped(paths):
-        raise LoaderError(f"{left[0]}: still mapped after the loader was released, "
-                          f"its pages cannot be evicted")
+        raise LoaderError(f"{left[0]}: still mapped by this process after the benchmark's "
+                          f"loader was released (another loader of this store?), so its pages "
+                          f"cannot be evicted for --cold")
