@@ -28,7 +28,7 @@ import numpy as np
 import polars as pl
 
 from ingest.errors import IngestError
-from predict.predictions import PredictionWriter, sidecar_path
+from predict.predictions import PredictionWriter, _segment_table, sidecar_path
 
 RUN_KINDS = {"pretrain": "video", "finetune-agnostic": "video", "finetune-aware": "aware"}
 
@@ -77,8 +77,7 @@ class _RankWriter(PredictionWriter):
     def __init__(self, path, video_ids, start_times, tag: str, rank: int):
         self.path, self.rank = Path(path), rank
         self.sidecar = sidecar_path(self.path)
-        self.segments = pl.DataFrame({"video_id": video_ids, "start_time": start_times},
-                                     schema={"video_id": pl.String, "start_time": pl.Int32})
+        self.segments = _segment_table(video_ids, start_times, self.sidecar)  # checked rows
         self.n_rows = len(self.segments)
         self._tmp = self.path.with_name(f".{self.path.name}.{tag}.tmp.npy")
         self._tmp_side = self.sidecar.with_name(f".{self.sidecar.name}.{tag}.tmp")
