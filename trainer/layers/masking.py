@@ -14,10 +14,11 @@ QUANT_SCALE = 4.0 / 255.0
 QUANT_OFFSET = 4.0 / 512.0 - 2.0
 
 
-def dequantize(frames: torch.Tensor) -> torch.Tensor:
-    """uint8 features `(..., F)` → float32 in about [-2, 2]; float input is returned as is."""
+def dequantize(frames: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """uint8 features `(..., F)` → `dtype` (the model's) in about [-2, 2], on the frames'
+    device; float input is returned as is."""
     if frames.dtype == torch.uint8:
-        return frames.to(torch.float32) * QUANT_SCALE + QUANT_OFFSET
+        return frames.to(dtype) * QUANT_SCALE + QUANT_OFFSET
     return frames
 
 

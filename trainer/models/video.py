@@ -68,8 +68,13 @@ class VideoEncoder(nn.Module):
         self.gating = ContextGating(cfg.fc_dim, cfg.gating_reduction) if use_gating else None
         init_weights(self)
 
+    @property
+    def embedding_dtype(self) -> torch.dtype:
+        return next(self.embedding.parameters()).dtype
+
     def forward(self, frames: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        h = self.fc(self.embedding(dequantize(frames), mask))
+        dtype = self.embedding_dtype  # dequantised on the device, in the model's dtype
+        h = self.fc(self.embedding(dequantize(frames, dtype), mask))
         if self.cfg.stop_at_fc:
             return h
         h = torch.relu(h)
