@@ -99,7 +99,7 @@ NXVLAD_PAIR_NOTE = (
 )
 _TINY = {
     "dbof-tiny": _video(DBoFConfig(hidden=64), 32, 2),
-    "nxvlad-tiny": _video(NeXtVLADConfig(clusters=8, groups=8), 32, 2),
+    "nxvlad-tiny": _video(NeXtVLADConfig(clusters=8, groups=8, expansion=1), 32, 2),
 }
 
 
