@@ -430,8 +430,9 @@ class Pool:
 # ---------------------------------------------------------------- one batch (a subprocess)
 
 # Numbers that are part of a reason's wording, not of the case (kept by `normalise`).
-FIXED_NUMBERS = ("UTF-8", "64 bits", "types 6, 7", "12-byte", "of 12 bytes", "expected 1024",
-                 "expected 128", "field number 0")
+FIXED_NUMBERS = ("UTF-8", "CRC-32C", "64 bits", "types 6, 7", "12-byte", "first 12 bytes",
+                 "of 12 bytes)", "multiple of 4", "expected 1024", "expected 128",
+                 "field number 0")
 
 
 @functools.cache
