@@ -4,7 +4,7 @@ against what a user would write on the store (issue #13).
 Run:  .venv/bin/python benchmarks/bench_loader.py [--repeats 3] [--clean]
       .venv/bin/python benchmarks/bench_loader.py --help
 
-Data: `ingest synth --split validate --shards 8 --videos-per-shard 420` (~825 MB of
+Data: `ingest synth --split validate --shards 8 --videos-per-shard 420` (824 MB of
 frame-level shards) and its store (`ingest convert`), both under bench_data/loader on
 the disk (kept between runs; `--clean` deletes them at the end).
 
@@ -12,7 +12,7 @@ In one run, for video batches (B = 128, Lm = 150) and segment batches (B = 128),
 cache warm (every file read once first):
 
 - project: `trainer.data.bench.run_bench` (the code of `train loader-bench`), 2 loader
-  threads, one whole epoch per call, `--project-calls` calls per round (median);
+  threads, one whole epoch per call;
 - (a) the reference solution's design: a torch DataLoader, 4 worker processes (spawn),
   an IterableDataset that reads the raw TFRecord shards with TensorFlow record by record
   (`tf.data.TFRecordDataset` per shard, `tf.io.parse_single_sequence_example`,
