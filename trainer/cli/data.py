@@ -5,8 +5,7 @@ import json
 
 import click
 
-_KINDS = ("video", "segment", "aware", "candidates")  # trainer.data.batches.KINDS (not imported
-# here, so that `train --help` does not load torch)
+from trainer.data.batches import KINDS
 
 
 def _max_len(value: str) -> int | None:
@@ -63,7 +62,7 @@ def format_table(r: dict) -> str:
 
 @click.command("loader-bench")
 @click.argument("store")
-@click.option("--kind", type=click.Choice(_KINDS), required=True, help="Batch kind.")
+@click.option("--kind", type=click.Choice(KINDS), required=True, help="Batch kind.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
 @click.option("--max-len", default="150", show_default=True, metavar="LM|all",
               help="Frames per video (Lm); 'all' for whole videos.")
