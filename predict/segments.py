@@ -101,10 +101,11 @@ def predict_segments(store: str, run: str, out: str, batch_size: int = 1024,
     import torch
 
     from trainer.data import Loader, LoaderConfig, StoreIndex
-    from trainer.recipes.runtime import autocast, barrier, start_ranks, stop_ranks
+    from trainer.recipes.runtime import autocast, barrier, cpu_threads, start_ranks, stop_ranks
 
     out_path = Path(out if str(out).endswith(".npy") else f"{out}.npy")
     ranks = start_ranks(device)
+    cpu_threads(ranks, threads)
     try:
         model, kind, max_len = load_run(run)
         model.to(ranks.device)

@@ -30,6 +30,7 @@ from trainer.recipes.loop import loop_config, train
 from trainer.recipes.pretrain import train_folds
 from trainer.recipes.runtime import (
     RunDir,
+    cpu_threads,
     read_run_config,
     run_checkpoint,
     start_ranks,
@@ -121,6 +122,7 @@ def run(cfg: FinetuneConfig, options: dict, resume: bool = False) -> dict:
     if cfg.kind not in KINDS:
         raise TrainerError(f"--kind {cfg.kind!r}: one of {', '.join(KINDS)}")
     ranks = start_ranks(cfg.device)
+    cpu_threads(ranks, cfg.threads)
     try:
         torch.manual_seed(step_seed(options.get("seed") or 0, -1, 0))  # the new head's weights
         model, model_cfg, name, seg_name = build_model(cfg)

@@ -21,7 +21,14 @@ from trainer.metrics import VideoEvaluation
 from trainer.models.config import VideoModelConfig, config_to_dict
 from trainer.recipes.defaults import pretrain_defaults
 from trainer.recipes.loop import LoopConfig, loop_config, train
-from trainer.recipes.runtime import RunDir, read_run_config, start_ranks, step_seed, stop_ranks
+from trainer.recipes.runtime import (
+    RunDir,
+    cpu_threads,
+    read_run_config,
+    start_ranks,
+    step_seed,
+    stop_ranks,
+)
 from trainer.registry import VARIANTS, build
 
 RECIPE = "pretrain"
@@ -83,6 +90,7 @@ def resolve(cfg: PretrainConfig, options: dict) -> tuple[PretrainConfig, LoopCon
 def run(cfg: PretrainConfig, options: dict, resume: bool = False) -> dict:
     """Pre-train (or resume) a video model; returns the last evaluation's metrics."""
     ranks = start_ranks(cfg.device)
+    cpu_threads(ranks, cfg.threads)
     try:
         cfg, loop = resolve(cfg, options)
         config = {"recipe": RECIPE, "pretrain": asdict(cfg), "loop": asdict(loop),
