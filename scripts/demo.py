@@ -34,9 +34,11 @@ import numpy as np
 REAL_CANDIDATES, REAL_K = 1_704_348, 100_000  # the real test set and the challenge's K
 MARKER = ".demo-output"
 SIZES = {  # shards × videos per split; steps and lengths of the recipes
-    "demo": {"train": (4, 150), "validate": (4, 150), "test": (2, 100), "pre_steps": 300,
-             "ft_steps": 300, "batch": 32, "max_len": 40, "eval_every": 100},
-    "tiny": {"train": (2, 24), "validate": (2, 30), "test": (1, 24), "pre_steps": 6,
+    "demo": {"train": (4, 150), "validate": (4, 150), "test": (2, 100), "classes": 50,
+             "pre_steps": 300,
+             "ft_steps": 300, "batch": 32, "max_len": 20, "eval_every": 100},
+    "tiny": {"train": (2, 24), "validate": (2, 30), "test": (1, 24), "classes": 20,
+             "pre_steps": 6,
              "ft_steps": 6, "batch": 8, "max_len": 12, "eval_every": 3},
 }
 ENCODERS = ("dbof-tiny", "nxvlad-tiny")
@@ -92,7 +94,8 @@ def data(out: Path, size: dict, seed: int) -> dict[str, Path]:
     for split in ("train", "validate", "test"):
         shards, videos = size[split]
         sh("ingest", "synth", str(out / "shards" / split), "--split", split, "--shards",
-           str(shards), "--videos-per-shard", str(videos), "--seed", str(seed), "--quiet")
+           str(shards), "--videos-per-shard", str(videos), "--seed", str(seed), "--classes",
+           str(size["classes"]), "--quiet")
         stores[split] = out / "stores" / split
         sh("ingest", "convert", str(out / "shards" / split / "*.tfrecord"), "--out",
            str(stores[split]), "--quiet")
@@ -113,7 +116,7 @@ def train_all(out: Path, stores: dict, size: dict, seed: int) -> dict[str, Path]
         runs[f"pre:{model}"] = out / "runs" / f"pretrain-{model}"
         sh("train", "pretrain", "--store", str(stores["train"]), "--model", model, "--out",
            str(runs[f"pre:{model}"]), "--steps", str(size["pre_steps"]), "--max-len",
-           str(size["max_len"]), "--lr", "3e-3", *common)
+           str(size["max_len"]), "--lr", "1e-2", *common)
     fold = held_out_fold(stores["validate"])
     step(f"3. fine-tune on the validate store's rated segments, fold {fold} held out (Eq. 2)")
     ft = ["--store", str(stores["validate"]), "--fold", str(fold), "--steps",
