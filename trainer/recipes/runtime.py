@@ -156,7 +156,7 @@ class RunDir:
         file.write_text("".join(line + "\n" for line in kept))
 
     def plot(self) -> None:
-        if self.ranks.main:
+        if self.ranks.main and (self.path / METRICS).is_file():  # nothing logged yet: no plot
             from trainer.plot import plot_runs
 
             plot_runs([self.path], self.path / CURVES)
