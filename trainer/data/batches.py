@@ -14,7 +14,7 @@ dtype, as their first operation (`trainer.layers.masking.dequantize`).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -140,7 +140,3 @@ class CandidateBatch:
 
 BATCH_TYPES = {"video": VideoBatch, "segment": SegmentBatch, "aware": AwareBatch,
                "candidates": CandidateBatch}
-
-
-def field_names(kind: str) -> list[str]:
-    return [f.name for f in fields(BATCH_TYPES[kind])]

@@ -62,10 +62,6 @@ class ArrayFiles:
             files.append(m)
         return cls(files, np.asarray(base, np.int64), np.asarray(shard_rows, np.int64), paths)
 
-    @property
-    def nbytes(self) -> int:
-        return sum(m.nbytes for m in self.files)
-
 
 def _readonly_2d() -> np.ndarray:
     a = np.zeros((1, 1), np.uint8)
@@ -144,10 +140,6 @@ class StoreIndex:
     @property
     def n_videos(self) -> int:
         return len(self.n_frames)
-
-    def video_classes(self, video: int) -> np.ndarray:
-        """Segment classes of one video `(k,)` int16."""
-        return self.label_classes[self.label_offsets[video]:self.label_offsets[video + 1]]
 
     def labelled_videos(self) -> np.ndarray:
         """`(V,)` bool: the video carries at least one of the segment classes."""

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
@@ -191,7 +191,3 @@ def loop_config(options: dict) -> LoopConfig:
     """The LoopConfig fields of a dict of options (the rest is the recipe's)."""
     names = set(LoopConfig.__dataclass_fields__)
     return LoopConfig(**{k: v for k, v in options.items() if k in names})
-
-
-def as_dict(loop: LoopConfig) -> dict:
-    return asdict(loop)
