@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -76,66 +77,71 @@ def _column(table, name: str, dtype) -> np.ndarray:
     return table[name].to_numpy().astype(dtype)
 
 
-@dataclass
 class StoreIndex:
     """Store-wide numpy columns of a store and its mapped arrays (see the module docstring).
 
     Videos `(V,)`: `video_part`, `frame_offset` (first frame row within its part),
     `n_frames`, `fold`; `label_offsets (V+1,)` / `label_classes` the segment classes
-    (0..999) of each video (CSR); `negatives (V, 125)` uint8 packed mined negatives.
-    Segments `(S,)`: `seg_video`, `seg_part`, `seg_window` (row in its part's windows),
-    `seg_class`, `seg_score`, `seg_usable` (inside the video and a segment class).
-    Candidates `(N,)`: `cand_video`, `cand_lo`, `cand_hi`, `cand_pad_left`.
+    (0..999) of each video (CSR). Read on first use only, since a kind needs some of them
+    (the real train store has ~10^8 candidate rows that pre-training never reads):
+    `negatives (V, 125)` uint8 packed mined negatives; segments `(S,)`: `seg_video`,
+    `seg_part`, `seg_window` (row in its part's windows), `seg_class`, `seg_score`,
+    `seg_usable` (inside the video and a segment class); candidates `(N,)`:
+    `cand_video`, `cand_lo`, `cand_hi`, `cand_pad_left`.
     """
 
-    store: Store
-    frames: ArrayFiles
-    windows: ArrayFiles
-    video_part: np.ndarray
-    frame_offset: np.ndarray
-    n_frames: np.ndarray
-    fold: np.ndarray
-    label_offsets: np.ndarray
-    label_classes: np.ndarray
-    negatives: np.ndarray
-    seg_video: np.ndarray
-    seg_part: np.ndarray
-    seg_window: np.ndarray
-    seg_class: np.ndarray
-    seg_score: np.ndarray
-    seg_usable: np.ndarray
-    cand_video: np.ndarray
-    cand_lo: np.ndarray
-    cand_hi: np.ndarray
-    cand_pad_left: np.ndarray
+    def __init__(self, store: Store):
+        self.store = store
+        v = store.videos
+        self.frames = ArrayFiles.open(store.path, store.parts, "frames.zarr", FRAME_BYTES)
+        self.video_part = _column(v, "part_index", np.int64)
+        self.frame_offset = _column(v, "frame_offset", np.int64)
+        self.n_frames = _column(v, "n_frames", np.int64)
+        self.fold = _column(v, "fold", np.int64)
+        classes = v["class_indices"]
+        self.label_offsets = np.zeros(len(v) + 1, np.int64)
+        self.label_offsets[1:] = np.cumsum(classes.list.len().fill_null(0).to_numpy())
+        self.label_classes = classes.explode().drop_nulls().to_numpy().astype(np.int16)
 
     @classmethod
     def build(cls, store: Store | str | Path) -> StoreIndex:
-        if not isinstance(store, Store):
-            store = open_store(store)
-        v, s, c = store.videos, store.segments, store.candidates
-        classes = v["class_indices"]
-        label_offsets = np.zeros(len(v) + 1, np.int64)
-        label_offsets[1:] = np.cumsum(classes.list.len().fill_null(0).to_numpy())
-        label_classes = classes.explode().drop_nulls().to_numpy().astype(np.int16)
-        n = _column
-        seg_class = n(s, "class_index", np.int64)
-        return cls(
-            store=store,
-            frames=ArrayFiles.open(store.path, store.parts, "frames.zarr", FRAME_BYTES),
-            windows=ArrayFiles.open(store.path, store.parts, "windows.zarr",
-                                    WINDOW_FRAMES * FRAME_BYTES),
-            video_part=n(v, "part_index", np.int64), frame_offset=n(v, "frame_offset", np.int64),
-            n_frames=n(v, "n_frames", np.int64), fold=n(v, "fold", np.int64),
-            label_offsets=label_offsets, label_classes=label_classes,
-            negatives=store.negatives(packed=True),
-            seg_video=n(s, "video_row", np.int64), seg_part=n(s, "part_index", np.int64),
-            seg_window=n(s, "window_index", np.int64), seg_class=seg_class,
-            seg_score=n(s, "score", np.float32),
-            seg_usable=(~n(s, "outside_video", bool)) & (seg_class >= 0),
-            cand_video=n(c, "video_row", np.int64), cand_lo=n(c, "window_lo", np.int64),
-            cand_hi=n(c, "window_hi", np.int64), cand_pad_left=n(c, "pad_left", np.int64),
-        )
+        return cls(store if isinstance(store, Store) else open_store(store))
+
+    @cached_property
+    def windows(self) -> ArrayFiles:
+        s = self.store
+        return ArrayFiles.open(s.path, s.parts, "windows.zarr", WINDOW_FRAMES * FRAME_BYTES)
+
+    @cached_property
+    def negatives(self) -> np.ndarray:
+        return self.store.negatives(packed=True)
+
+    @cached_property
+    def _segments(self) -> dict[str, np.ndarray]:
+        s = self.store.segments
+        cls = _column(s, "class_index", np.int64)
+        return {"video": _column(s, "video_row", np.int64), "part": _column(s, "part_index", np.int64),
+                "window": _column(s, "window_index", np.int64), "class": cls,
+                "score": _column(s, "score", np.float32),
+                "usable": (~_column(s, "outside_video", bool)) & (cls >= 0)}
+
+    @cached_property
+    def _candidates(self) -> dict[str, np.ndarray]:
+        c = self.store.candidates
+        return {k: _column(c, col, np.int64) for k, col in (
+            ("video", "video_row"), ("lo", "window_lo"), ("hi", "window_hi"),
+            ("pad_left", "pad_left"))}
+
+    seg_video = property(lambda self: self._segments["video"])
+    seg_part = property(lambda self: self._segments["part"])
+    seg_window = property(lambda self: self._segments["window"])
+    seg_class = property(lambda self: self._segments["class"])
+    seg_score = property(lambda self: self._segments["score"])
+    seg_usable = property(lambda self: self._segments["usable"])
+    cand_video = property(lambda self: self._candidates["video"])
+    cand_lo = property(lambda self: self._candidates["lo"])
+    cand_hi = property(lambda self: self._candidates["hi"])
+    cand_pad_left = property(lambda self: self._candidates["pad_left"])
 
     @property
     def n_videos(self) -> int:

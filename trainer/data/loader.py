@@ -129,6 +129,8 @@ class Loader:
         self.index = store if isinstance(store, StoreIndex) else StoreIndex.build(store)
         self.device = torch.device(config.device)
         self.samples = self._samples()
+        if config.kind in ("segment", "aware"):  # read once here, not first in a loader thread
+            self.index.windows, self.index.negatives  # noqa: B018 - cached on first access
         self.epoch, self.position = 0, 0
         self._plan_cache: tuple[int, _Plan] | None = None
         pin = self.device.type == "cuda"
