@@ -56,9 +56,15 @@ def gather_frames_kernel(files, file_base, shard_rows, part, offset, lo, hi, key
             select_random(n, count, keys[i], pick)
         base = offset[i] + lo[i]
         d0 = i * length * width
+        s = shard_rows[part[i]]
+        k = base // s  # a video's frames lie in one or two files: look each up once
+        src = files[file_base[part[i]] + k].reshape(-1)
         for j in range(count):
-            _copy_row(files, file_base, shard_rows, part[i], base + pick[j], dst,
-                      d0 + j * width, width)
+            r = base + pick[j]
+            if r // s != k:
+                k = r // s
+                src = files[file_base[part[i]] + k].reshape(-1)
+            copy_bytes(dst, d0 + j * width, src, (r - k * s) * width, width)
             mask[i, j] = True
         for j in range(count, length):
             mask[i, j] = False
