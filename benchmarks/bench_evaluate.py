@@ -23,6 +23,9 @@ them in the submission's lists). Then, each as a whole process and the median of
   (checked, 1e-9);
 - with --twin, the former `predict evaluate` path (`read_submission` into a dict of
   Python strings, then `mean_average_precision`), as a subprocess.
+
+Peak RSS is each child's ru_maxrss (wait4); the files are built in a child of their
+own so that this process stays small (a child's maxrss starts from its parent's).
 """
 from __future__ import annotations
 
@@ -167,15 +170,22 @@ def main() -> None:
     ap.add_argument("--worker", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.worker:
-        kind, sub, truth, k = a.worker
+        kind, *args = a.worker
+        if kind == "build":
+            sub, truth = build(Path(args[0]), *map(int, args[1:]))
+            print(json.dumps([str(sub), str(truth)]))
+            return
         fn = official_loop if kind == "official" else former_twin
-        print(json.dumps(fn(sub, truth, int(k))))
+        print(json.dumps(fn(args[0], args[1], int(args[2]))))
         return
     base = a.dir or Path("/dev/shm" if Path("/dev/shm").is_dir() else tempfile.gettempdir())
     folder = Path(tempfile.mkdtemp(prefix="bench_evaluate_", dir=base))
     try:
-        t = time.perf_counter()
-        sub, truth = build(folder, a.segments, a.k, a.seed)
+        t = time.perf_counter()  # built in a child: this process stays small, and the
+        # children's peak RSS (which on Linux starts from the parent's) is their own
+        sub, truth = map(Path, json.loads(subprocess.run(
+            [*worker("build"), str(folder), str(a.segments), str(a.k), str(a.seed)],
+            check=True, capture_output=True, text=True, cwd=ROOT).stdout))
         print(f"# {sub.stat().st_size / 1e9:.2f} GB submission, 1000 classes x "
               f"{min(a.k, a.segments)} entries of {a.segments} segments, built in "
               f"{time.perf_counter() - t:.1f} s in {folder}; K = 100,000; "

@@ -259,3 +259,18 @@ def test_validate_says_at_least_only_when_it_stopped(world):
     one = world / "one.csv"
     one.write_text(f"Class,Segments\n{IDS[0]},a:5 \n")
     one_line_error(run("validate", one), "line 2: class", "a space after the last entry")
+
+
+def test_topk_lets_waiting_threads_sleep_unless_told_otherwise(world, monkeypatch):
+    """OMP_WAIT_POLICY=PASSIVE for numba's OpenMP threads (spinning made the top-k 5-8x
+    slower beside another busy process), a user's own setting kept."""
+    import os
+
+    from predict.cli.topk import OMP_WAIT_POLICY
+
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    assert run("topk", world / "perfect.npy", "--out", world / "a.csv", "--k", 3).exit_code == 0
+    assert os.environ["OMP_WAIT_POLICY"] == OMP_WAIT_POLICY == "PASSIVE"
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    assert run("topk", world / "perfect.npy", "--out", world / "b.csv", "--k", 3).exit_code == 0
+    assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
