@@ -201,8 +201,9 @@ def write_submission(path, rows: np.ndarray, segments: pl.DataFrame, class_ids=N
     `threads` (default: numba's thread count) render groups of whole lines (about
     TASK_BYTES each) into reused buffers with the single-threaded `render_lines`
     (it releases the GIL) while this thread writes the finished groups in order.
-    Written to a temporary name and renamed when complete; `SubmissionError` naming
-    `path` if it cannot be written. A progress bar (stderr) from
+    Written to a temporary name and renamed when complete (a `path` that exists and
+    is not a regular file, a device or a pipe, is written in place); `SubmissionError`
+    naming `path` if it cannot be written. A progress bar (stderr) from
     PROGRESS_MIN_ENTRIES entries on unless `progress` says otherwise.
     """
     path = Path(path)
@@ -213,7 +214,10 @@ def write_submission(path, rows: np.ndarray, segments: pl.DataFrame, class_ids=N
     group = max(1, min(len(rows), TASK_BYTES // line_cap))
     workers = max(1, threads or numba.get_num_threads())
     free = [np.empty(group * line_cap, np.uint8) for _ in range(2 * workers)]
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    # a device or a pipe (/dev/null, /dev/stdout, a FIFO) is written in place: a rename
+    # onto it would replace the device node with the file
+    direct = path.exists() and not path.is_file()
+    tmp = path if direct else path.with_name(f".{path.name}.{os.getpid()}.tmp")
     show = rows.size >= PROGRESS_MIN_ENTRIES if progress is None else progress
 
     def render(c0: int, out: np.ndarray) -> int:  # in a worker thread
@@ -241,11 +245,13 @@ def write_submission(path, rows: np.ndarray, segments: pl.DataFrame, class_ids=N
                 f.write(memoryview(out)[: done.result()])
                 free.append(out)
                 bar.update(min(group, len(rows) - c0))
-        os.replace(tmp, path)
+        if not direct:
+            os.replace(tmp, path)
     except OSError as err:
         raise SubmissionError(f"{path}: cannot write ({err.strerror or err})") from None
     finally:
-        tmp.unlink(missing_ok=True)
+        if not direct:
+            tmp.unlink(missing_ok=True)
 
 
 def _class_prefixes(class_ids) -> tuple[np.ndarray, np.ndarray]:

@@ -173,3 +173,25 @@ def test_a_bad_header_stops_the_check(tmp_path):
     assert problems.summary(p).endswith("(checking stopped there)")
     with pytest.raises(SubmissionError, match="`predict validate` lists every problem"):
         read_submission(write(tmp_path, f"Class,Segments\n{IDS[0]},a:5 a:5\n{IDS[1]},b\n"), 5)
+
+
+def test_writer_streams_into_a_pipe_without_replacing_it(tmp_path):
+    """An --out that is a device or a pipe (/dev/null, /dev/stdout) is written in place:
+    renaming the finished file onto it replaced /dev/null with a regular file."""
+    import os
+    import stat
+    import threading
+
+    table = pl.DataFrame({"video_id": ["a", "b"], "start_time": pl.Series([5, 10], dtype=pl.Int32)})
+    rows = np.array([[1, 0]] * 1000, np.int32)
+    write_submission(tmp_path / "file.csv", rows, table)
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    got = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()), daemon=True)
+    reader.start()
+    write_submission(fifo, rows, table)
+    reader.join(timeout=30)
+    assert got == [(tmp_path / "file.csv").read_bytes()]
+    assert stat.S_ISFIFO(fifo.stat().st_mode)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file.csv", "pipe"]
