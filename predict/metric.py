@@ -9,9 +9,10 @@ but no submitted row scores 0). A rating is positive when its score > 0.5
 
 Two implementations of the same numbers:
 
-- `evaluate_submission` (what `predict evaluate` runs) streams the file: each
-  valid row's bytes go through `score_row`, a numba kernel that hashes each of the
-  first K entries (FNV-1a 64), looks the (entry, class) pair up in an
+- `evaluate_submission` (what `predict evaluate` runs) streams the file: for each
+  valid row, `score_hashed`, a numba kernel, takes the FNV-1a 64 hash of each of
+  the first K entries (computed by the validator's row pass, or by `hash_entries`
+  for a row that went the slow way), looks the (entry, class) pair up in an
   open-addressing table of the rated pairs (`TruthIndex`; a key match is confirmed
   by comparing the bytes) and accumulates the class's AP sum; nothing of the
   submission is kept beyond the few lines in flight;
@@ -30,10 +31,12 @@ from ingest.errors import IngestError
 from ingest.jit import njit
 from ingest.vocab import segment_class_ids
 from predict.submission import (
+    FNV_OFFSET,
     Problems,
     SubmissionError,
     entry_blob,
     entry_expr,
+    fnv_step,
     iter_submission,
     string_blob,
 )
@@ -114,8 +117,6 @@ class EvaluationError(IngestError):
     """The truth cannot score this submission (no positives, or another split's videos)."""
 
 
-FNV_OFFSET = np.uint64(0xCBF29CE484222325)  # FNV-1a 64 (as submission.count_entries)
-FNV_PRIME = np.uint64(0x100000001B3)
 VIDEO_TAG = 0xFFFF  # the "class" of the video-id table's keys
 
 
@@ -188,7 +189,7 @@ def fill_table(blob, offsets, cls, keys, slot, bits):
     for i in range(cls.shape[0]):
         h = FNV_OFFSET
         for j in range(offsets[i], offsets[i + 1]):
-            h = (h ^ np.uint64(blob[j])) * FNV_PRIME
+            h = fnv_step(h, blob[j])
         key = _mix(h, cls[i])
         bit = _filter_bit(key, bits)
         bits[bit >> 6] |= np.uint64(1) << np.uint64(bit & 63)
@@ -230,40 +231,63 @@ def _find(table, key, c, row, a, b):
     return -1
 
 
-@njit
 def score_row(row, k, c, want_video, pairs, rel, videos):
     """One class's row of a valid submission: (AP sum, rated entries, video seen).
 
-    row: the `Segments` bytes (entries `videoid:start` separated by single spaces,
-    already validated); c: the class index. Over the first k entries, those rated
-    for class c in `pairs` count, in order: AP sum = Σ precision@m · rel over them
-    (divide by the class's positives for its AP). With want_video, the third value
-    is 1 when some entry's video id is in `videos` (the ids are then looked up until
-    one is found).
+    row: the `Segments` bytes as uint8 (entries `videoid:start` separated by single
+    spaces, already validated); c: the class index. `hash_entries`, then
+    `score_hashed` (see there).
     """
-    n = row.shape[0]
-    i, j, m, hits, seen = 0, 0, 0, 0, 0
-    ap = 0.0
-    while i < n and j < k:
-        a = i
+    hashes = np.empty(row.shape[0] // 4 + 1, np.uint64)  # an entry takes >= 4 bytes
+    ends = np.empty(len(hashes), np.int64)
+    n = hash_entries(row, hashes, ends)
+    return score_hashed(row, hashes[:n], ends[:n], k, c, want_video, pairs, rel, videos)
+
+
+@njit
+def hash_entries(row, hashes, ends):
+    """Entry count of a valid row, each entry's FNV-1a 64 hash in hashes and its end
+    offset in ends (as `submission.count_entries` records them, without the checks)."""
+    n, i, size = 0, 0, row.shape[0]
+    while i < size:
         h = FNV_OFFSET
-        while row[i] != 58:  # ":"
-            h = (h ^ np.uint64(row[i])) * FNV_PRIME
+        while i < size and row[i] != 32:  # " "
+            h = fnv_step(h, row[i])
             i += 1
-        if want_video and seen == 0 and _find(videos, _mix(h, VIDEO_TAG), VIDEO_TAG, row, a,
-                                              i) >= 0:
-            seen = 1
-        while i < n and row[i] != 32:  # " "
-            h = (h ^ np.uint64(row[i])) * FNV_PRIME
-            i += 1
-        p = _find(pairs, _mix(h, c), c, row, a, i)
+        hashes[n] = h
+        ends[n] = i
+        n += 1
+        i += 1
+    return n
+
+
+@njit
+def score_hashed(row, hashes, ends, k, c, want_video, pairs, rel, videos):
+    """(AP sum, rated entries, video seen) of a valid row whose entries' hashes and
+    ends (n,) are known (from the validator's row pass, or `hash_entries`).
+
+    Over the first k entries, those rated for class c in `pairs` count, in order:
+    AP sum = Σ precision@m · rel over them (divide by the class's positives for its
+    AP). With want_video, the third value is 1 when some entry's video id is in
+    `videos` (the ids are hashed and looked up only until one is found).
+    """
+    m, hits, seen, a = 0, 0, 0, 0
+    ap = 0.0
+    for j in range(min(k, hashes.shape[0])):
+        b = ends[j]
+        if want_video and seen == 0:
+            h, i = FNV_OFFSET, a
+            while row[i] != 58:  # ":"
+                h = fnv_step(h, row[i])
+                i += 1
+            seen = int(_find(videos, _mix(h, VIDEO_TAG), VIDEO_TAG, row, a, i) >= 0)
+        p = _find(pairs, _mix(hashes[j], c), c, row, a, b)
         if p >= 0:
             m += 1
             if rel[p]:
                 hits += 1
                 ap += hits / m
-        i += 1
-        j += 1
+        a = b + 1
     return ap, m, seen
 
 
@@ -289,10 +313,13 @@ def evaluate_submission(path, truth: TruthIndex, k: int, progress: bool | None =
     ap_sum = np.zeros(len(ids))
     seen = [truth.n_rated == 0]  # stop looking up video ids once one is found
 
-    def work(cid: int, segs: bytes):
+    def work(cid: int, segs: bytes, hashed):  # in `iter_submission`'s worker threads
         row = np.frombuffer(segs, np.uint8)
-        return score_row(row, k, index_of[cid], not seen[0], truth.pairs, truth.rel,
-                         truth.videos)
+        if hashed is None:  # the row went the slow way: hash its entries now
+            return score_row(row, k, index_of[cid], not seen[0], truth.pairs, truth.rel,
+                             truth.videos)
+        return score_hashed(row, *hashed, k, index_of[cid], not seen[0], truth.pairs,
+                            truth.rel, truth.videos)
 
     problems = Problems(stop_after=1)
     rated = 0
