@@ -486,6 +486,7 @@ def _first_duplicate(entries: list) -> str:
 
 
 PROGRESS_MIN_BYTES = 64 << 20  # show a progress bar when reading a file this large
+READ_BUFFER = 1 << 20  # lines of ~1 MB: read in 1 MB pieces, not 8 KB (1.0 against 1.6 s CPU per GB)
 
 
 def iter_submission(path, k: int, problems: Problems, exact: bool = False, work=None,
@@ -519,7 +520,7 @@ def iter_submission(path, k: int, problems: Problems, exact: bool = False, work=
 
     show = path.stat().st_size >= PROGRESS_MIN_BYTES if progress is None else progress
     workers = max(1, numba.get_num_threads())
-    with open(path, "rb") as f, ThreadPoolExecutor(workers) as pool, \
+    with open(path, "rb", buffering=READ_BUFFER) as f, ThreadPoolExecutor(workers) as pool, \
             tqdm(total=path.stat().st_size, desc=desc, unit="B", unit_scale=True,
                  file=sys.stderr, disable=not show) as bar:
         header = f.readline()
