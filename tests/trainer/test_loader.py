@@ -195,7 +195,7 @@ def test_candidate_ranks_take_contiguous_runs_of_the_same_batches(testset_store)
         kind="candidates", batch_size=32, world_size=2, rank=r))] for r in range(2)]
     assert ranks[0] + ranks[1] == one
     assert ranks[0] and ranks[1]
-    assert sum(one, []) == list(range(len(testset_store.candidates)))
+    assert [r for batch in one for r in batch] == list(range(len(testset_store.candidates)))
 
 
 def test_negatives_unpack_like_the_store(vindex, validate_store):
