@@ -133,19 +133,37 @@ class PredictionWriter:
 
     Rows go to a memory-mapped temporary file; on a clean exit with every row
     written both files are renamed into place, otherwise the temporaries are removed.
+
+    Several processes (the ranks of a torchrun job) can share one output: each builds a
+    writer with the same `tag`; the one with `create=True` makes the temporary file
+    before the others open it (`create=False`); each writes its rows with `write_at`,
+    flushes with `flush`, and after all have, the creator alone calls `publish`.
     """
 
-    def __init__(self, path: str | os.PathLike, video_ids, start_times):
+    def __init__(self, path: str | os.PathLike, video_ids, start_times,
+                 tag: str | None = None, create: bool = True):
         self.path = Path(path)
         self.sidecar = sidecar_path(self.path)
         self.segments = _segment_table(video_ids, start_times, self.sidecar)
         self.n_rows = self.segments.height
-        self._tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp.npy")
-        self._tmp_side = self.sidecar.with_name(f".{self.sidecar.name}.{os.getpid()}.tmp")
+        tag = tag or str(os.getpid())
+        self._tmp = self.path.with_name(f".{self.path.name}.{tag}.tmp.npy")
+        self._tmp_side = self.sidecar.with_name(f".{self.sidecar.name}.{tag}.tmp")
         self._mm = np.lib.format.open_memmap(
-            self._tmp, mode="w+", dtype=PRED_DTYPE, shape=(self.n_rows, N_SEGMENT_CLASSES)
+            self._tmp, mode="w+" if create else "r+", dtype=PRED_DTYPE,
+            shape=(self.n_rows, N_SEGMENT_CLASSES) if create else None,
         )
         self.rows_written = 0
+
+    def write_at(self, row: int, block: np.ndarray) -> None:
+        """Write a block at matrix row `row` (a rank's share of a shared output)."""
+        self.rows_written = row
+        self.write(block)
+
+    def flush(self) -> None:
+        """Flush and unmap this process's view of the temporary matrix."""
+        self._mm.flush()
+        del self._mm
 
     def write(self, block: np.ndarray) -> None:
         """Append a (b, 1000) block: floats are quantised, uint16 is stored as is."""
@@ -176,8 +194,16 @@ class PredictionWriter:
                 f"{self.path}: {self.rows_written} rows written, {self.n_rows} expected"
             )
         try:
-            self._mm.flush()
-            del self._mm
+            self.flush()
+        except BaseException:
+            self.abort()
+            raise
+        self.publish()
+
+    def publish(self) -> None:
+        """Write the sidecar and rename both files into place (every row written and
+        flushed, by this process or by all that share the output)."""
+        try:
             self.segments.write_parquet(self._tmp_side)
             os.replace(self._tmp_side, self.sidecar)
             try:

@@ -28,7 +28,7 @@ import numpy as np
 import polars as pl
 
 from ingest.errors import IngestError
-from predict.predictions import PredictionWriter, _segment_table, sidecar_path
+from predict.predictions import PredictionWriter, sidecar_path
 
 RUN_KINDS = {"pretrain": "video", "finetune-agnostic": "video", "finetune-aware": "aware"}
 
@@ -69,32 +69,6 @@ def check_sidecar(out: Path, segments: pl.DataFrame) -> None:
         return
 
 
-class _RankWriter(PredictionWriter):
-    """A `PredictionWriter` shared by the ranks of a `torchrun` job: one temporary file of
-    a name every rank knows (rank 0 creates it, the others open it), rows written at
-    their offsets; only rank 0 renames."""
-
-    def __init__(self, path, video_ids, start_times, tag: str, rank: int):
-        self.path, self.rank = Path(path), rank
-        self.sidecar = sidecar_path(self.path)
-        self.segments = _segment_table(video_ids, start_times, self.sidecar)  # checked rows
-        self.n_rows = len(self.segments)
-        self._tmp = self.path.with_name(f".{self.path.name}.{tag}.tmp.npy")
-        self._tmp_side = self.sidecar.with_name(f".{self.sidecar.name}.{tag}.tmp")
-        self.rows_written = 0
-
-    def open(self) -> None:
-        from predict.predictions import PRED_DTYPE
-
-        mode = "w+" if self.rank == 0 else "r+"
-        shape = (self.n_rows, 1000) if self.rank == 0 else None
-        self._mm = np.lib.format.open_memmap(self._tmp, mode=mode, dtype=PRED_DTYPE, shape=shape)
-
-    def write_at(self, row: int, block: np.ndarray) -> None:
-        self.rows_written = row
-        self.write(block)
-
-
 def predict_segments(store: str, run: str, out: str, batch_size: int = 1024,
                      device: str = "auto", threads: int = 2, progress: bool = True) -> dict:
     """Predict every candidate of `store` with the model of `run` into `out` (.npy path)."""
@@ -120,12 +94,10 @@ def predict_segments(store: str, run: str, out: str, batch_size: int = 1024,
         check_sidecar(out_path, cand)
         tag = os.environ.get("TORCHELASTIC_RUN_ID", str(os.getpid())) if ranks.world > 1 \
             else str(os.getpid())
-        writer = _RankWriter(out_path, cand["video_id"], cand["start_time"], tag, ranks.rank)
-        if ranks.main:
-            writer.open()
-        barrier(ranks)
-        if not ranks.main:
-            writer.open()
+        args = (out_path, cand["video_id"], cand["start_time"], tag)
+        writer = PredictionWriter(*args, create=True) if ranks.main else None
+        barrier(ranks)  # rank 0 has made the temporary file: the others open it
+        writer = writer or PredictionWriter(*args, create=False)
         done, t0 = 0, time.perf_counter()
         bar = _bar(progress and ranks.main, len(loader), cand.height // ranks.world)
         try:
@@ -136,13 +108,10 @@ def predict_segments(store: str, run: str, out: str, batch_size: int = 1024,
                     done += len(probs)
                     if bar is not None:
                         bar.update(len(probs))
-            writer._mm.flush()
-            del writer._mm
-            barrier(ranks)
+            writer.flush()
+            barrier(ranks)  # every rank's rows are in the file
             if ranks.main:
-                writer.rows_written = writer.n_rows
-                writer._mm = None
-                _finish(writer)
+                writer.publish()
         except BaseException:
             if ranks.main:
                 writer.abort()
@@ -165,21 +134,6 @@ def _probs(model, kind: str, batch) -> np.ndarray:
     else:
         out = model(batch.windows, None)
     return out.probs().float().cpu().numpy()
-
-
-def _finish(writer: _RankWriter) -> None:
-    """Rank 0: the sidecar, then both renames (PredictionWriter.close without the memmap)."""
-    try:
-        writer.segments.write_parquet(writer._tmp_side)
-        os.replace(writer._tmp_side, writer.sidecar)
-        try:
-            os.replace(writer._tmp, writer.path)
-        except BaseException:
-            writer.sidecar.unlink(missing_ok=True)
-            raise
-    except BaseException:
-        writer.abort()
-        raise
 
 
 def _bar(enabled: bool, batches: int, total: int):
