@@ -4,7 +4,6 @@ torchrun ranks against one process, read back by topk/validate, errors (issue #1
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from click.testing import CliRunner
 
 from predict.cli.main import main as predict_main
 from predict.segments import load_run
+from tests.processes import run_ok
 from trainer.cli.main import main as train_main
 from trainer.data import context_span
 from trainer.data.sampling import select_even_numpy
@@ -104,11 +104,10 @@ def test_two_torchrun_ranks_write_the_bytes_of_one_process(tmp_path, runs, tests
     args = ["segments", "--store", str(testset_store.path), "--model", str(runs / "aw"),
             "--batch-size", "64"] + CPU
     torchrun = Path(sys.executable).with_name("torchrun")
-    subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "predict",
-                    *args, "--out", str(tmp_path / "two")], check=True, env=env,
-                   capture_output=True)
-    subprocess.run([sys.executable, "-m", "predict", *args, "--out", str(tmp_path / "one")],
-                   check=True, env=env, capture_output=True)
+    run_ok([str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "predict",
+           *args, "--out", str(tmp_path / "two")], env=env)
+    run_ok([sys.executable, "-m", "predict", *args, "--out", str(tmp_path / "one")],
+           env=env)
     assert (tmp_path / "two.npy").read_bytes() == (tmp_path / "one.npy").read_bytes()
     assert (tmp_path / "two.segments.parquet").is_file()
 

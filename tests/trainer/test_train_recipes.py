@@ -15,6 +15,7 @@ import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file
 
+from tests.processes import run_ok
 from trainer.cli.main import main
 
 FAST = ["--quiet", "--device", "cpu", "--threads", "1"]
@@ -155,8 +156,7 @@ def test_killed_and_resumed_run_ends_bit_identical(tmp_path, validate_store):
             "--steps", "40", "--batch-size", "8", "--max-len", "20", "--checkpoint-every", "5",
             "--log-every", "5", "--fold", str(_fold(validate_store)), "--eval-every", "20"]
     whole, cut = tmp_path / "whole", tmp_path / "cut"
-    subprocess.run(_command(*args, "--out", str(whole)), check=True, env=_env(),
-                   capture_output=True)
+    run_ok(_command(*args, "--out", str(whole)), env=_env())
     proc = subprocess.Popen(_command(*args, "--out", str(cut)), env=_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
@@ -166,8 +166,7 @@ def test_killed_and_resumed_run_ends_bit_identical(tmp_path, validate_store):
     proc.wait()
     killed_at = _saved_step(cut)
     assert 10 <= killed_at < 40, killed_at  # really interrupted mid-run
-    subprocess.run(_command("pretrain", "--resume", str(cut)), check=True, env=_env(),
-                   capture_output=True)
+    run_ok(_command("pretrain", "--resume", str(cut)), env=_env())
     a, b = _weights(whole), _weights(cut)
     assert a.keys() == b.keys()
     for key in a:
@@ -183,11 +182,10 @@ def test_ddp_two_gloo_processes_equal_one_process_with_the_same_global_batch(
     args = ["pretrain", "--store", str(validate_store.path), "--model", "dbof-tiny",
             "--steps", "6", "--batch-size", "8", "--max-len", "20", "--eval-every", "6"]
     torchrun = Path(sys.executable).with_name("torchrun")
-    subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "trainer",
-                    *args, "--out", str(tmp_path / "ddp"), *FAST], check=True, env=_env(),
-                   capture_output=True)
-    subprocess.run(_command(*args, "--accumulate", "2", "--out", str(tmp_path / "one")),
-                   check=True, env=_env(), capture_output=True)
+    run_ok([str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "trainer",
+           *args, "--out", str(tmp_path / "ddp"), *FAST], env=_env())
+    run_ok(_command(*args, "--accumulate", "2", "--out", str(tmp_path / "one")),
+           env=_env())
     ddp, one = _weights(tmp_path / "ddp"), _weights(tmp_path / "one")
     params = [k for k in one if "running" not in k and "num_batches" not in k]
     assert params

@@ -84,6 +84,15 @@ def barrier(ranks: Ranks) -> None:
         dist.barrier()
 
 
+def broadcast(ranks: Ranks, value):
+    """Rank 0's `value` (any picklable object) on every rank."""
+    if ranks.world == 1:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def autocast(ranks: Ranks, precision: str):
     """bf16 autocast on CUDA by default ("auto"); CPU runs float32 ("auto" or "fp32")."""
     if precision not in PRECISIONS:
@@ -130,8 +139,13 @@ class RunDir:
         return self.path / CONFIG
 
     def create(self, config: dict, resume: bool) -> None:
-        """A new run directory (refusing one that holds a run), or the one being resumed."""
-        if not resume and self.config_file.exists():
+        """A new run directory (refusing one that holds a run), or the one being resumed.
+
+        Rank 0 alone looks for an existing run and tells the others: a rank that looked
+        for itself could see the config rank 0 has just written and refuse its own run
+        (seen in CI under load)."""
+        taken = not resume and self.config_file.exists() if self.ranks.main else None
+        if broadcast(self.ranks, taken):
             raise TrainerError(f"{self.path}: already holds a run; resume it with --resume "
                                f"{self.path} or choose another --out")
         if self.ranks.main and not resume:
