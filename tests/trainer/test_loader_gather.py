@@ -102,3 +102,41 @@ def test_pack_classes_matches_twin():
     bits = np.unpackbits(a, axis=1, bitorder="little")
     for i, r in enumerate(rows):
         assert set(np.nonzero(bits[i])[0]) == set(classes[offsets[r]:offsets[r + 1]].tolist())
+
+
+def test_fill_segment_matches_twin(files):
+    """Windows, class, score and packed negatives of random store rows, in one kernel."""
+    rng = np.random.default_rng(5)
+    n_seg, n_vid = 300, 40
+    seg_part = rng.integers(0, 3, n_seg).astype(np.int64)
+    seg_window = (rng.random(n_seg) * np.array([1000, 37, 513])[seg_part]).astype(np.int64)
+    seg_class = rng.integers(0, 1000, n_seg).astype(np.int16)
+    seg_score = rng.random(n_seg).astype(np.float32)
+    seg_video = rng.integers(0, n_vid, n_seg).astype(np.int64)
+    negatives = rng.integers(0, 256, (n_vid, 125), dtype=np.uint8)
+    rows = rng.integers(0, n_seg, 64).astype(np.int64)
+    outs = []
+    for fn, fill in ((G.fill_segment_kernel, 3), (G.fill_segment_numpy, 200)):
+        out = (np.full((64, WIDTH), fill, np.uint8), np.full(64, -fill, np.int64),
+               np.full(64, fill, np.float32), np.full((64, 125), fill, np.uint8))
+        fn(*files, seg_part, seg_window, seg_class, seg_score, seg_video, negatives, rows, *out)
+        outs.append(out)
+    for a, b in zip(*outs):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(outs[0][1], seg_class[rows])
+    np.testing.assert_array_equal(outs[0][3], negatives[seg_video[rows]])
+
+
+@pytest.mark.parametrize("classes", [1000, 13, 8])
+def test_unpack_bits_matches_twin_and_the_store_unpack(classes):
+    from ingest.store.segments import unpack_negatives
+
+    rng = np.random.default_rng(classes)
+    packed = rng.integers(0, 256, (70, 125), dtype=np.uint8)
+    a = np.ones((70, classes), bool)
+    b = np.zeros((70, classes), bool)
+    G.unpack_bits_kernel(packed, a)
+    G.unpack_bits_numpy(packed, b)
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(a, unpack_negatives(packed)[:, :classes])
+    assert a.view(np.uint8).max() == 1  # proper bools: every byte 0 or 1

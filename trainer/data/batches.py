@@ -7,7 +7,8 @@ one flat buffer (pinned when the batches go to a CUDA device); a batch uses a
 C-contiguous view at the front of it, so a shorter padded length is still one
 contiguous copy. Packed fields (`labels`, `negatives`: 125 bytes = 1000 bits per row,
 little-endian bit order as the store's `negatives.npy`) travel packed and are
-unpacked into `(B, 1000)` bool on the device.
+unpacked into `(B, 1000)` bool on the device; a CPU loader's threads unpack them into a
+second buffer of the slot (`unpacked_view`), so CPU batches are views, allocated once.
 
 Frames stay uint8 all the way: the models dequantise on the device, in their own
 dtype, as their first operation (`trainer.layers.masking.dequantize`).
@@ -65,12 +66,21 @@ class HostSlot:
                 self.buffers[name] = t.numpy().view(dtype)
             else:
                 self.buffers[name] = np.zeros(n, dtype)  # touched once, here
+        # CPU batches: the packed fields unpacked by the loader thread into these, so the
+        # consumer gets views and nothing is allocated per batch (first touches are slow)
+        self.unpacked: dict[str, np.ndarray] = {
+            name: np.zeros(capacity["B"] * N_SEGMENT_CLASSES, np.bool_)
+            for name in PACKED if name in self.buffers and not pin}
 
     def view(self, name: str, dims: dict[str, int]) -> np.ndarray:
         """The C-contiguous `name` array of shape `SPECS[kind][name]` at `dims`."""
         spec = SPECS[self.kind][name][0]
         shape = _shape(spec, dims)
         return self.buffers[name][: int(np.prod(shape))].reshape(shape)
+
+    def unpacked_view(self, name: str, dims: dict[str, int]) -> np.ndarray:
+        """`(B, 1000)` bool: the packed field `name` unpacked (CPU slots only)."""
+        return self.unpacked[name][: dims["B"] * N_SEGMENT_CLASSES].reshape(dims["B"], -1)
 
     def views(self, dims: dict[str, int]) -> dict[str, np.ndarray]:
         return {name: self.view(name, dims) for name in SPECS[self.kind]}

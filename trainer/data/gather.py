@@ -154,3 +154,63 @@ def pack_classes_numpy(offsets, classes, rows, out):
     out[:] = np.packbits(dense, axis=1, bitorder="little")
 
 
+
+
+@njit
+def fill_segment_kernel(files, file_base, shard_rows, seg_part, seg_window, seg_class,
+                        seg_score, seg_video, negatives, rows, windows, class_index, score,
+                        packed):
+    """A segment batch's fields for store rows `rows (B,)`, in one call (no per-field Python):
+    windows (B, 11 * F) uint8 ← the rows' stored windows; class_index (B,) int64, score (B,)
+    float32; packed (B, 125) uint8 ← the mined negatives of each row's video."""
+    width = windows.shape[1]
+    dst = windows.reshape(-1)
+    for i in range(rows.shape[0]):
+        r = rows[i]
+        _copy_row(files, file_base, shard_rows, seg_part[r], seg_window[r], dst, i * width, width)
+        class_index[i] = seg_class[r]
+        score[i] = seg_score[r]
+        packed[i, :] = negatives[seg_video[r]]
+
+
+def fill_segment_numpy(files, file_base, shard_rows, seg_part, seg_window, seg_class,
+                       seg_score, seg_video, negatives, rows, windows, class_index, score,
+                       packed):
+    """Plain numpy twin of `fill_segment_kernel`."""
+    gather_rows_numpy(files, file_base, shard_rows, seg_part[rows], seg_window[rows], windows)
+    class_index[:] = seg_class[rows]
+    score[:] = seg_score[rows]
+    packed[:] = negatives[seg_video[rows]]
+
+
+def _byte_bits() -> np.ndarray:
+    """(256,) uint64: byte v spread over 8 bytes, byte k = bit k of v (a bool row's bytes)."""
+    bits = np.unpackbits(np.arange(256, dtype=np.uint8)[:, None], axis=1, bitorder="little")
+    return np.ascontiguousarray(bits).view("<u8")[:, 0].copy()
+
+
+BYTE_BITS = _byte_bits()
+
+
+@njit
+def unpack_bits_kernel(packed, out):
+    """packed (B, nbytes) uint8, bit c of byte c >> 3 at position c & 7 (little-endian bit
+    order, the store's) → out (B, C) bool, C ≤ 8 * nbytes, into the caller's buffer.
+    A C-contiguous `out` with C a multiple of 8 (1000 classes) takes 8 bools per table
+    lookup; any other shape goes bit by bit."""
+    n, c = out.shape
+    if c % 8 == 0 and out.flags.c_contiguous:
+        words = out.reshape(-1).view(np.uint8).view(np.uint64)
+        w = c // 8
+        for i in range(n):
+            for j in range(w):
+                words[i * w + j] = BYTE_BITS[packed[i, j]]
+        return
+    for i in range(n):
+        for k in range(c):
+            out[i, k] = (packed[i, k >> 3] >> (k & 7)) & 1
+
+
+def unpack_bits_numpy(packed, out):
+    """Plain numpy twin of `unpack_bits_kernel`."""
+    out[:] = np.unpackbits(packed, axis=1, count=out.shape[1], bitorder="little").astype(bool)

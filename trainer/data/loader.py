@@ -30,7 +30,6 @@ from ingest.store.segments import (
     DROP_FIRST_SEGMENTS,
     DROP_LAST_SEGMENTS,
     SEGMENT_FRAMES,
-    unpack_negatives,
 )
 from trainer.data import gather as G
 from trainer.data.batches import BATCH_TYPES, KINDS, PACKED, SPECS, HostSlot, unpack_bits
@@ -336,15 +335,16 @@ class Loader:
 
     # ------------------------------------------------------------ to tensors / device
     def _to_tensors(self, slot: HostSlot, dims: dict) -> object:
-        """CPU: tensors over the slot's buffers; packed fields unpacked with numpy (torch's
-        bit ops on these small CPU tensors wake its intra-op thread pool, which cost ~100x
-        the unpack itself on a few cores shared with the loader threads: benchmarks/RESULTS.md
+        """CPU: tensors over the slot's buffers, packed fields over the slot's unpacked
+        copies (the loader thread's numba unpack: torch's bit ops on these small CPU tensors
+        wake its intra-op thread pool, ~100x the unpack itself on a few cores shared with
+        the loader threads; numpy's unpack allocates per batch: benchmarks/RESULTS.md
         `## loader`)."""
         out = {}
         for name in SPECS[self.config.kind]:
             if name in slot.buffers:
-                view = slot.view(name, dims)
-                out[name] = torch.from_numpy(unpack_negatives(view) if name in PACKED else view)
+                view = slot.unpacked_view(name, dims) if name in PACKED else slot.view(name, dims)
+                out[name] = torch.from_numpy(view)
         return BATCH_TYPES[self.config.kind](**out)
 
     def _copy(self, slot: HostSlot, dims: dict):
@@ -362,7 +362,10 @@ class Loader:
     # ------------------------------------------------------------ fills (loader threads)
     def _fill(self, slot: HostSlot, plan: _Plan, b: int, epoch: int) -> dict:
         rows, valid = plan.batch(b)
-        return getattr(self, f"_fill_{self.config.kind}")(slot, rows, valid, epoch)
+        dims = getattr(self, f"_fill_{self.config.kind}")(slot, rows, valid, epoch)
+        for name in slot.unpacked:  # CPU slots: unpacked here, in the loader thread
+            G.unpack_bits_kernel(slot.view(name, dims), slot.unpacked_view(name, dims))
+        return dims
 
     def _frames_into(self, slot, prefix, video, lo, hi, keys, dims, even):
         ix, f = self.index, self.index.frames
@@ -397,12 +400,11 @@ class Loader:
         ix = self.index
         dims = dims or {"B": len(rows)}
         w = ix.windows
-        windows = slot.view("windows", dims)
-        G.gather_rows_kernel(w.files, w.file_base, w.shard_rows, ix.seg_part[rows],
-                             ix.seg_window[rows], windows.reshape(len(rows), -1))
-        slot.view("class_index", dims)[:] = ix.seg_class[rows]
-        slot.view("score", dims)[:] = ix.seg_score[rows]
-        np.take(ix.negatives, ix.seg_video[rows], axis=0, out=slot.view("negatives", dims))
+        G.fill_segment_kernel(w.files, w.file_base, w.shard_rows, ix.seg_part, ix.seg_window,
+                              ix.seg_class, ix.seg_score, ix.seg_video, ix.negatives, rows,
+                              slot.view("windows", dims).reshape(len(rows), -1),
+                              slot.view("class_index", dims), slot.view("score", dims),
+                              slot.view("negatives", dims))
         self._rows_and_valid(slot, dims, rows, valid)
         return dims
 
