@@ -24,7 +24,8 @@ cache warm (every file read once first):
   (`open_store(path)`: `store.frames(row)`, `store.windows([row])`, `store.negatives()`),
   frames sampled with numpy and padded to Lm, default collate, DataLoader with 2 workers
   (spawn: polars' thread pool does not survive fork), shuffled;
-- (c) the memcpy ceiling of `run_bench`: the same bytes per batch copied by one thread.
+- (c) the memcpy ceiling of `run_bench`: the same bytes per batch copied by one thread
+  from a 256 MiB source (memory, not the CPU caches; see trainer/data/bench.py).
 
 Each baseline runs one epoch: its first `--warmup` batches (worker start, TensorFlow's
 import, first reads) are not timed, the rest is cut into `--repeats` windows of equal batch

@@ -9,15 +9,17 @@ loader threads started once), then the loader from the start of epoch 0 for
 samples (padding repeats excluded), batches, feature bytes delivered (the uint8
 tensors `frames`, `windows`, `context` as the consumer receives them, padding
 included) and the process's CPU time (all threads). Memory is read from
-/proc/self/status after every batch: anonymous resident memory (`RssAnon`: the loader's buffers, Python, torch) and file-backed
+/proc/self/status every 2 ms during the run (after a batch) and at its end: anonymous resident memory (`RssAnon`: the loader's buffers, Python, torch) and file-backed
 resident memory (`RssFile`: the store's pages mapped by the gathers, which the
 kernel can drop) separately; `loader_anon_mb` is the peak anonymous memory above
 what the process held before the loader was built. Bytes read from the disk come
 from /proc/self/io (`read_bytes`).
 
 Ceilings, measured in the same run:
-- memcpy: a pre-touched buffer of the mean feature bytes of one batch copied into
-  another (one thread, `np.copyto`), median of repeats;
+- memcpy: the mean feature bytes of one batch copied into one pre-touched buffer (one
+  thread, `np.copyto`), each time from the next such piece of a pre-touched source of
+  at least 256 MiB, larger than the CPU caches (the loader's bytes come from memory
+  too), median of repeats;
 - `cold`: every file of the store is evicted from the page cache with
   posix_fadvise(POSIX_FADV_DONTNEED) before the timed run (after an fdatasync,
   so that no dirty page stays); afterwards the shard files that the batch kind reads
@@ -46,6 +48,10 @@ FEATURE_FIELDS = ("frames", "windows", "context")  # the uint8 feature tensors o
 READ_CHUNK = 8 << 20  # bytes per read() of the sequential-read ceiling
 MEMCPY_SECONDS = 0.3  # at least this long, and at least MEMCPY_REPEATS copies
 MEMCPY_REPEATS = 5
+MEMCPY_SOURCE_BYTES = 256 << 20  # larger than any CPU cache: the copies read memory
+# resident memory read at most this often during the timed run (and at its end): a read
+# of /proc/self/status costs ~20-40 us, a tenth of a segment batch's ~0.2 ms
+MEMORY_EVERY_S = 0.002
 MB = 1e6
 
 
@@ -181,17 +187,24 @@ def mapped(paths: list[Path]) -> list[str]:
 # ---------------------------------------------------------------- memcpy ceiling
 
 def memcpy_rate(nbytes: int) -> float:
-    """Bytes/s of one-thread memcpy between two pre-touched buffers of `nbytes`."""
+    """Bytes/s of one thread copying `nbytes` at a time into one pre-touched buffer (as
+    the loader refills a slot), each time from the next `nbytes` of a pre-touched source
+    of at least MEMCPY_SOURCE_BYTES: batches come from memory, as the loader's do, not
+    from a source small enough to stay in the CPU's caches (a 1.6 MB segment batch
+    copied again and again ran at 47 GB/s here, three times what memory gives)."""
     nbytes = max(int(nbytes), 1)
-    src = np.ones(nbytes, np.uint8)
+    chunks = max(2, -(-MEMCPY_SOURCE_BYTES // nbytes))
+    src = np.ones(chunks * nbytes, np.uint8)
     dst = np.zeros(nbytes, np.uint8)
     dst[:] = 1  # touch every page (np.zeros may hand back untouched zero pages)
     times: list[float] = []
     start = time.perf_counter()
+    k = 0
     while len(times) < MEMCPY_REPEATS or time.perf_counter() - start < MEMCPY_SECONDS:
         t = time.perf_counter()
-        np.copyto(dst, src)
+        np.copyto(dst, src[k * nbytes:(k + 1) * nbytes])
         times.append(time.perf_counter() - t)
+        k = (k + 1) % chunks
     return nbytes / statistics.median(times)
 
 
@@ -254,12 +267,15 @@ def run_bench(config: BenchConfig,
     it, batch = iter(loader), None
     read0 = disk_read_bytes()
     cpu0, t0 = time.process_time(), time.perf_counter()
+    last_memory = t0
     for batch in it:
         n = int(plan.batch(batches)[1].sum())  # valid rows, from the host-side plan
         b = feature_bytes(batch)
         batches, samples, nbytes = batches + 1, samples + n, nbytes + b
-        anon, file_ = memory_mb()
-        anon_peak, file_peak = max(anon_peak, anon), max(file_peak, file_)
+        if time.perf_counter() - last_memory >= MEMORY_EVERY_S:
+            anon, file_ = memory_mb()
+            anon_peak, file_peak = max(anon_peak, anon), max(file_peak, file_)
+            last_memory = time.perf_counter()
         if on_batch is not None:
             on_batch(n, b)
         if time.perf_counter() - t0 >= config.seconds:
