@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from ingest.synth.shards import MAX_FRAMES, SPLITS, SynthConfig, write_synth
+from ingest.synth.shards import MAX_FRAMES, MAX_NOISE_STD, SPLITS, SynthConfig, write_synth
 
 _DEFAULT = SynthConfig()  # the option defaults are the config's, stated once there
 
@@ -36,17 +36,23 @@ _DEFAULT = SynthConfig()  # the option defaults are the config's, stated once th
               show_default=True,
               help="Use only the N most popular segment classes (more examples per class "
                    "in a small dataset; the demo uses 50).")
+@click.option("--noise-std", type=click.FloatRange(0.0, MAX_NOISE_STD),
+              default=_DEFAULT.noise_std, show_default=True,
+              help="Frame noise per value (the planted signal's strength against it; the "
+                   "demo uses a cleaner world than the default, docs/synth.md).")
 @click.option("--overwrite", is_flag=True,
               help="Replace shards (and truth.parquet) of the same names already in OUT_DIR; "
                    "without it, the command refuses to write over them.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def synth(out_dir: str, split: str, shards: int, videos_per_shard: int, seed: int,
           world_seed: int, min_frames: int, max_frames: int, edge_cases: bool,
-          beyond_end_rate: float, classes: int, overwrite: bool, quiet: bool) -> None:
+          beyond_end_rate: float, classes: int, noise_std: float, overwrite: bool,
+          quiet: bool) -> None:
     """Write synthetic frame-level shards OUT_DIR/<split>-NNNNN-of-MMMMM.tfrecord."""
     config = SynthConfig(out_dir=out_dir, split=split, shards=shards,
                          videos_per_shard=videos_per_shard, seed=seed, world_seed=world_seed,
                          min_frames=min_frames, max_frames=max_frames, edge_cases=edge_cases,
-                         beyond_end_rate=beyond_end_rate, classes=classes)
+                         beyond_end_rate=beyond_end_rate, classes=classes,
+                         noise_std=noise_std)
     for path in write_synth(config, progress=not quiet, overwrite=overwrite):
         click.echo(str(path))

@@ -26,10 +26,18 @@ from ingest.errors import IngestError
 from ingest.jit import JIT_ENABLED
 from ingest.store.segments import DROP_FIRST_SEGMENTS, DROP_LAST_SEGMENTS, SEGMENT_FRAMES
 from ingest.store.truth import TRUTH_SCHEMA
-from ingest.synth.world import NOISE_SCALE, World, make_world, render_frames, render_frames_np
+from ingest.synth.world import (
+    NOISE_STD,
+    World,
+    make_world,
+    noise_scale,
+    render_frames,
+    render_frames_np,
+)
 from ingest.vocab import N_SEGMENT_CLASSES, class_index_of_label, segment_class_ids
 
 SPLITS = ("train", "validate", "test")
+MAX_NOISE_STD = 2.0  # the features span [-2, 2]: more noise than that is saturation, not data
 _SPLIT_CODE = {"train": 1, "validate": 2, "test": 3}  # enters the shard seed
 _ID_PREFIX = {"train": "T", "validate": "V", "test": "X"}
 
@@ -63,6 +71,7 @@ class SynthConfig:
     edge_cases: bool = False  # mix in 1-frame, 300-frame and < 40-frame videos
     beyond_end_rate: float = 0.0  # validate: share of rated videos with a rating past the end
     classes: int = N_SEGMENT_CLASSES  # segment classes in use: the most popular N (docs/synth.md)
+    noise_std: float = NOISE_STD  # frame noise per value (docs/synth.md, "Signal strength")
 
     def __post_init__(self) -> None:
         if self.split not in SPLITS:
@@ -78,6 +87,8 @@ class SynthConfig:
             raise IngestError("seeds must be >= 0")
         if not 2 <= self.classes <= N_SEGMENT_CLASSES:
             raise IngestError(f"--classes must be within 2..{N_SEGMENT_CLASSES}")
+        if not 0.0 <= self.noise_std <= MAX_NOISE_STD:
+            raise IngestError(f"--noise-std must be within [0, {MAX_NOISE_STD}]")
 
 
 @dataclass(frozen=True)
@@ -220,6 +231,7 @@ def iter_shard(config: SynthConfig, split: str,
     cls_of = class_index_of_label()
     rate = config.beyond_end_rate if split == "validate" else 0.0
     in_use = popular_classes(world, config.classes)
+    scale = noise_scale(config.noise_std)
     for i in range(config.videos_per_shard):
         n = _draw_length(rng, config)
         labels = _draw_labels(rng, world, in_use)
@@ -230,7 +242,7 @@ def iter_shard(config: SynthConfig, split: str,
         topic = world.topic[labels].sum(axis=0)
         noise = rng.integers(0, 256, size=(n, FRAME_BYTES, 2), dtype=np.uint8)
         frames = np.empty((n, FRAME_BYTES), np.uint8)
-        _render(topic, seg_add[:n_seg], noise, NOISE_SCALE, frames)
+        _render(topic, seg_add[:n_seg], noise, scale, frames)
         ratings = _draw_ratings(rng, classes, present, n, rate)
         vid = f"{_ID_PREFIX[split]}{config.seed}_{shard_index:05d}_{i:05d}"
         yield _as_record(vid, split, labels, frames, ratings), ratings

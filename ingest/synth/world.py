@@ -41,7 +41,14 @@ ZIPF_OFFSET = 5.0
 
 # Triangular noise from two random bytes: b0 + b1 - 255 has std sqrt(2 * (256**2 - 1) / 12).
 _TRIANGLE_STD = float(np.sqrt(2 * (256**2 - 1) / 12))
-NOISE_SCALE = NOISE_STD / _TRIANGLE_STD
+
+
+def noise_scale(noise_std: float = NOISE_STD) -> float:
+    """The factor on (b0 + b1 - 255) that gives triangular noise of std `noise_std`."""
+    return float(noise_std) / _TRIANGLE_STD
+
+
+NOISE_SCALE = noise_scale()
 
 
 @dataclass(frozen=True)
