@@ -184,9 +184,10 @@ def fill_segment_numpy(files, file_base, shard_rows, seg_part, seg_window, seg_c
 
 
 def _byte_bits() -> np.ndarray:
-    """(256,) uint64: byte v spread over 8 bytes, byte k = bit k of v (a bool row's bytes)."""
+    """(256,) uint64 whose 8 bytes in memory are bits 0..7 of v (a bool row's bytes); the
+    native view, so storing the word writes those bytes in that order on any machine."""
     bits = np.unpackbits(np.arange(256, dtype=np.uint8)[:, None], axis=1, bitorder="little")
-    return np.ascontiguousarray(bits).view("<u8")[:, 0].copy()
+    return np.ascontiguousarray(bits).view(np.uint64)[:, 0].copy()
 
 
 BYTE_BITS = _byte_bits()
