@@ -154,8 +154,6 @@ def pack_classes_numpy(offsets, classes, rows, out):
     out[:] = np.packbits(dense, axis=1, bitorder="little")
 
 
-
-
 @njit
 def fill_segment_kernel(files, file_base, shard_rows, seg_part, seg_window, seg_class,
                         seg_score, seg_video, negatives, rows, windows, class_index, score,
