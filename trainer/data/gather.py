@@ -92,17 +92,8 @@ def gather_frames_numpy(files, file_base, shard_rows, part, offset, lo, hi, keys
         lengths[i] = count
 
 
-@njit
-def gather_rows_kernel(files, file_base, shard_rows, part, row, out):
-    """out[i] = row `row[i]` of part `part[i]`; out: (B, width) uint8, width = the files'."""
-    width = out.shape[1]
-    dst = out.reshape(-1)
-    for i in range(out.shape[0]):
-        _copy_row(files, file_base, shard_rows, part[i], row[i], dst, i * width, width)
-
-
 def gather_rows_numpy(files, file_base, shard_rows, part, row, out):
-    """Plain numpy twin of `gather_rows_kernel`."""
+    """out[i] = row `row[i]` of part `part[i]` (numpy; the windows of `fill_segment_numpy`)."""
     for i in range(out.shape[0]):
         out[i] = _row_numpy(files, file_base, shard_rows, part[i], row[i])
 
