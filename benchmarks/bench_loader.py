@@ -287,12 +287,15 @@ def time_windows(loader: DataLoader, warmup: int, windows: int) -> dict:
             "cpu_seconds": cpu, "mb_per_cpu_s": (b1 - b0) / cpu / MB}
 
 
+WHOLE_EPOCH = 1 << 40  # warm-up batches: more than any epoch has, so the warm-up ends with it
+
+
 def time_project(store: Path, kind: str, calls: int, warm_epoch: bool = False) -> list[dict]:
     """`calls` whole-epoch runs of run_bench (the code of `train loader-bench`): each builds
     a fresh index and loader and times its first epoch after 2 warm-up batches, so the
     process maps the store's pages during the timed epoch. `warm_epoch`: a whole epoch of
     warm-up first, so the timed epoch is a later one (a training run's steady state)."""
-    warmup = 1 << 40 if warm_epoch else 2
+    warmup = WHOLE_EPOCH if warm_epoch else 2
     return [run_bench(BenchConfig(store=str(store), kind=kind, batch_size=BATCH,
                                   max_len=MAX_LEN, threads=2, seconds=1e9,
                                   warmup_batches=warmup)).to_dict()

@@ -92,8 +92,8 @@ def predict_segments(store: str, run: str, out: str, batch_size: int = 1024,
         if not out_path.parent.is_dir():
             raise SegmentsError(f"{out_path.parent}: no such directory")
         check_sidecar(out_path, cand)
-        tag = os.environ.get("TORCHELASTIC_RUN_ID", str(os.getpid())) if ranks.world > 1 \
-            else str(os.getpid())
+        # ranks share one temporary file, named by torchrun's run id (default: this pid)
+        tag = os.environ.get("TORCHELASTIC_RUN_ID") if ranks.world > 1 else None
         args = (out_path, cand["video_id"], cand["start_time"], tag)
         writer = PredictionWriter(*args, create=True) if ranks.main else None
         barrier(ranks)  # rank 0 has made the temporary file: the others open it

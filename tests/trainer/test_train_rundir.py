@@ -5,6 +5,7 @@ import json
 import time
 
 import pytest
+import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
@@ -15,7 +16,7 @@ from trainer.recipes.runtime import Ranks, RunDir
 def _create(rank: int, world: int, init: str, out: str, delay: float, results: str) -> None:
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
     try:
-        ranks = Ranks(rank, world, __import__("torch").device("cpu"))
+        ranks = Ranks(rank, world, torch.device("cpu"))
         if rank == 1:
             time.sleep(delay)  # rank 0 has written config.json before rank 1 looks
         try:
