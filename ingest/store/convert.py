@@ -22,6 +22,7 @@ import threading
 import time
 import uuid
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from contextlib import closing
 from dataclasses import dataclass
 from multiprocessing import get_all_start_methods, get_context
 from pathlib import Path
@@ -350,7 +351,9 @@ def _execute(cfg: ConvertConfig, sources: list[str], todo: list[str]) -> list[di
     bar = tqdm(total=total, unit="B", unit_scale=True, desc="convert", file=sys.stderr,
                disable=not cfg.progress or not todo, dynamic_ncols=True)
     results, videos = [], 0
-    with bar:
+    # closing: on an error or Ctrl-C here, the generator stops its workers now, before
+    # `convert` removes .tmp (else only when the exception's traceback is freed)
+    with bar, closing(runs):
         for r in runs:
             if r["status"] == "failed":
                 raise IngestError(r["error"])

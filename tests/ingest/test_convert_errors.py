@@ -37,6 +37,27 @@ def test_corrupt_shard_stops_with_one_line_and_no_store(good, tmp_path):
     assert not out.exists()
 
 
+def test_a_failed_shard_stops_the_other_workers_before_the_error_is_reported(good, tmp_path):
+    """With a process pool, the error of one shard stops the others and removes .tmp at
+    once, not when the exception (whose traceback holds the pool's generator) is freed:
+    the caller still holds it here."""
+    import multiprocessing
+
+    from ingest.errors import IngestError
+    from ingest.store.convert import ConvertConfig, convert
+
+    bad = tmp_path / "a-bad.tfrecord"
+    corrupt_copy(good[0], bad, record=0)
+    slow = synth_shards(tmp_path / "slow", shards=6, videos=40, seed=7)
+    out = tmp_path / "store"
+    with pytest.raises(IngestError, match="a-bad.tfrecord") as caught:
+        convert(ConvertConfig(sources=(str(bad), *map(str, slow)), out=str(out), workers=2,
+                              progress=False))
+    assert caught.value.__traceback__ is not None  # the generator's frame is still referenced
+    assert multiprocessing.active_children() == []
+    assert not (out / ".tmp").exists()
+
+
 def test_skip_shard_lists_it_in_the_manifest(good, tmp_path):
     bad = tmp_path / "bad.tfrecord"
     corrupt_copy(good[0], bad, record=0)
