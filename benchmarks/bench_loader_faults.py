@@ -4,9 +4,11 @@ whether advising the kernel first helps (issue #13, RESULTS.md `## loader`, eigh
 Run:  .venv/bin/python benchmarks/bench_loader_faults.py [--repeats 3]
 
 Data: bench_loader.py's store (bench_data/loader/store, made on the first run of either).
-First the windows files are evicted from the page cache and read back sequentially (the
-state after bench_loader's `--cold` runs: pages in small folios, so one fault maps few).
-Then, `--repeats` times in turn, a fresh process per mode builds a segment loader (B = 128,
+First the windows files' pages are put in the page cache in one of two ways
+(`--page-cache`): `read-back`, evicted and read back sequentially (the state after
+bench_loader's `--cold` runs: small folios, so one fault maps few pages), or `written`,
+each file rewritten whole, same bytes, to a new file renamed over it (the state
+`ingest convert` leaves: large folios). Then, `--repeats` times in turn, a fresh process per mode builds a segment loader (B = 128,
 2 threads), takes 2 warm-up batches (numba's kernels load) and times:
 
 - `faults`: the rest of the epoch, the process faulting the windows' pages as it reads;
@@ -66,9 +68,21 @@ def child(store: str, mode: str) -> dict:
             "faults": resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0}
 
 
+def rewrite(path: Path) -> int:
+    """Write `path`'s bytes to a new file in one write and rename it over `path` (the old
+    pages go with the old file); the byte count."""
+    data = path.read_bytes()
+    tmp = path.with_name(f".{path.name}.rewrite")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+    return len(data)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--page-cache", choices=("read-back", "written"), default="read-back",
+                    help="how the windows' pages come into the page cache (see above)")
     ap.add_argument("--child", nargs=2, metavar=("STORE", "MODE"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -82,8 +96,11 @@ def main() -> None:
 
     _, store = make_data(SHARDS, VIDEOS_PER_SHARD)
     paths = StoreIndex.build(store).windows.paths
-    evict(paths)
-    nbytes, _ = sequential_read(paths)
+    if args.page_cache == "written":
+        nbytes = sum(rewrite(p) for p in paths)
+    else:
+        evict(paths)
+        nbytes, _ = sequential_read(paths)
     runs = {m: [] for m in MODES}
     for _ in range(args.repeats):
         for mode in MODES:
@@ -91,7 +108,7 @@ def main() -> None:
                                  check=True, capture_output=True, text=True).stdout
             runs[mode].append(json.loads(out.splitlines()[-1]))
     base = statistics.median(r["ms"] for r in runs["faults"])
-    print(f"windows: {len(paths)} files, {nbytes / 1e6:.0f} MB, evicted and read back; "
+    print(f"windows: {len(paths)} files, {nbytes / 1e6:.0f} MB, page cache {args.page_cache}; "
           f"medians of {args.repeats}")
     print("| mode | ms (range) | madvise ms | minor faults | vs faults |")
     print("| --- | ---: | ---: | ---: | ---: |")
