@@ -22,12 +22,16 @@ def _frames(video) -> np.ndarray:
     return np.concatenate([video.rgb, video.audio], axis=1).astype(np.float64)
 
 
-def _within_segment_std(frames: np.ndarray) -> float:
-    """Std of one frame's noise, from differences of neighbouring frames of one segment
-    (frames 5s..5s+4 share their signal): var(a - b) = 2 var(noise)."""
+def _segments(frames: np.ndarray) -> np.ndarray:
+    """(S, 5, F): the whole 5-frame segments (frames 5s..5s+4 share their signal)."""
     n = len(frames) // 5 * 5
-    seg = frames[:n].reshape(-1, 5, frames.shape[1])
-    return float(np.diff(seg, axis=1).std() / np.sqrt(2) / QUANT_SCALE)
+    return frames[:n].reshape(-1, 5, frames.shape[1])
+
+
+def _within_segment_std(frames: np.ndarray) -> float:
+    """Std of one frame's noise, from differences of neighbouring frames of one segment:
+    var(a - b) = 2 var(noise)."""
+    return float(np.diff(_segments(frames), axis=1).std() / np.sqrt(2) / QUANT_SCALE)
 
 
 @pytest.mark.parametrize("noise_std", [0.1, 0.2, NOISE_STD])
@@ -43,9 +47,7 @@ def test_noise_std_is_the_frames_noise_and_nothing_else_changes(noise_std):
 
 def test_no_noise_gives_constant_segments():
     video, _ = _videos(0.0)[0]
-    frames = _frames(video)
-    n = len(frames) // 5 * 5
-    seg = frames[:n].reshape(-1, 5, frames.shape[1])
+    seg = _segments(_frames(video))
     assert (seg == seg[:, :1]).all()
 
 

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from numba import typed
 
+from ingest.store.segments import unpack_negatives
 from trainer.data import gather as G
 from trainer.data.index import _ROW_TYPE
 from trainer.data.sampling import sample_keys
@@ -126,8 +127,6 @@ def test_fill_segment_matches_twin(files):
 
 @pytest.mark.parametrize("classes", [1000, 13, 8])
 def test_unpack_bits_matches_twin_and_the_store_unpack(classes):
-    from ingest.store.segments import unpack_negatives
-
     rng = np.random.default_rng(classes)
     packed = rng.integers(0, 256, (70, 125), dtype=np.uint8)
     a = np.ones((70, classes), bool)

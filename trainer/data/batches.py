@@ -51,7 +51,7 @@ def _shape(spec: tuple, dims: dict[str, int]) -> tuple[int, ...]:
     return tuple(dims[d] if isinstance(d, str) else d for d in spec)
 
 
-def _touched(n: int, dtype) -> np.ndarray:
+def touched(n: int, dtype) -> np.ndarray:
     """A zeroed buffer whose pages are all touched now: `np.zeros` maps untouched zero
     pages, which the first batches would fault in one by one (~0.4 GB/s here)."""
     buf = np.empty(n, dtype)
@@ -73,11 +73,11 @@ class HostSlot:
                 t = torch.empty(n * np.dtype(dtype).itemsize, dtype=torch.uint8, pin_memory=True)
                 self.buffers[name] = t.numpy().view(dtype)
             else:
-                self.buffers[name] = _touched(n, dtype)
+                self.buffers[name] = touched(n, dtype)
         # CPU batches: the packed fields unpacked by the loader thread into these, so the
         # consumer gets views and nothing is allocated per batch (first touches are slow)
         self.unpacked: dict[str, np.ndarray] = {
-            name: _touched(capacity["B"] * N_SEGMENT_CLASSES, np.bool_)
+            name: touched(capacity["B"] * N_SEGMENT_CLASSES, np.bool_)
             for name in PACKED if name in self.buffers and not pin}
 
     def view(self, name: str, dims: dict[str, int]) -> np.ndarray:

@@ -41,6 +41,7 @@ import numpy as np
 import torch
 
 from ingest.store import open_store
+from trainer.data.batches import touched
 from trainer.data.index import StoreIndex
 from trainer.data.loader import Loader, LoaderConfig, LoaderError
 
@@ -195,16 +196,14 @@ def memcpy_rate(nbytes: int) -> float:
     nbytes = max(int(nbytes), 1)
     chunks = max(2, -(-MEMCPY_SOURCE_BYTES // nbytes))
     src = np.ones(chunks * nbytes, np.uint8)
-    dst = np.zeros(nbytes, np.uint8)
-    dst[:] = 1  # touch every page (np.zeros may hand back untouched zero pages)
+    dst = touched(nbytes, np.uint8)
     times: list[float] = []
     start = time.perf_counter()
-    k = 0
     while len(times) < MEMCPY_REPEATS or time.perf_counter() - start < MEMCPY_SECONDS:
+        k = len(times) % chunks  # the next piece of the source
         t = time.perf_counter()
         np.copyto(dst, src[k * nbytes:(k + 1) * nbytes])
         times.append(time.perf_counter() - t)
-        k = (k + 1) % chunks
     return nbytes / statistics.median(times)
 
 
