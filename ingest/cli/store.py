@@ -15,7 +15,8 @@ from ingest.store.verify import store_info, verify_store
 @click.command("convert")
 @click.argument("sources", nargs=-1, required=True)
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False),
-              help="Store directory (created; a re-run completes an interrupted store).")
+              help="Store directory (created; a re-run completes an interrupted store; an "
+                   "existing directory must be empty or a store).")
 @click.option("--workers", type=click.IntRange(min=1), default=os.cpu_count() or 1,
               show_default="all cores", help="Shards converted in parallel (local executor).")
 @click.option("--executor", default="local", show_default=True,

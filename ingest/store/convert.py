@@ -300,8 +300,8 @@ def convert(cfg: ConvertConfig) -> dict:
     if store.exists() and not store.is_dir():
         raise IngestError(f"{store}: exists and is not a directory")
     created = not store.exists()
-    if not created and any(store.iterdir()) and not (store / PARTS).is_dir():
-        raise IngestError(f"{store}: a non-empty directory that is not a store")
+    if not created:
+        check_store_dir(store)
     shutil.rmtree(store / TMP, ignore_errors=True)  # leftovers of an interrupted run
     (store / PARTS).mkdir(parents=True, exist_ok=True)
     todo = _check_existing(sources, store)
@@ -325,6 +325,23 @@ def convert(cfg: ConvertConfig) -> dict:
                                 if r["status"] == "converted" and r["info"]["source_bytes"] == 0]
     summary["repaired_manifest"] = damaged
     return summary
+
+
+def check_store_dir(store: Path) -> None:
+    """Refuse an existing directory that `convert` must not write into: one that is not
+    empty and is neither a store (it has a manifest) nor one being made (nothing but
+    `parts/`, whose entries are all complete parts, and `.tmp/`; the state an interrupted
+    run leaves). A user's folder that happens to hold a `parts/` is not mixed into a store."""
+    if (store / MANIFEST).is_file():
+        return
+    foreign = [e for e in sorted(store.iterdir()) if e.name not in (PARTS, TMP)]
+    foreign += [e for e in (store / PARTS, store / TMP) if e.exists() and not e.is_dir()]
+    if (store / PARTS).is_dir():
+        foreign += [e for e in sorted((store / PARTS).iterdir()) if not (e / PART_JSON).is_file()]
+    if foreign:
+        raise IngestError(f"{store}: a non-empty directory that is not a store (no {MANIFEST}"
+                          f"; it holds {foreign[0].relative_to(store)}, not made by `ingest "
+                          f"convert`); give a new or empty directory")
 
 
 def _manifest_on_disk(store: Path) -> tuple[dict | None, str | None]:

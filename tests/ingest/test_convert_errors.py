@@ -108,6 +108,43 @@ def test_bad_executor_and_not_a_store(good, tmp_path):
     assert "not a complete store" in line
 
 
+def files(path: Path) -> dict[str, bytes]:
+    return {q.relative_to(path).as_posix(): q.read_bytes()
+            for q in sorted(path.rglob("*")) if q.is_file()}
+
+
+@pytest.mark.parametrize("layout", [
+    {"parts/notes.txt": "mine"},  # a user's folder that happens to hold a parts/
+    {"parts/holiday/photo.jpg": "mine"},
+    {"parts/.keep": "", "todo.txt": "mine"},
+])
+def test_a_users_folder_with_a_parts_folder_is_refused(good, tmp_path, layout):
+    out = tmp_path / "mine"
+    for name, text in layout.items():
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        (out / name).write_text(text)
+    before = files(out)
+    line = one_line_error(run("convert", good[0], "--out", out, "--quiet"))
+    assert f"{out}: a non-empty directory that is not a store (no manifest.json" in line
+    assert "give a new or empty directory" in line
+    assert files(out) == before and not (out / ".tmp").exists()
+
+
+def test_an_empty_folder_and_an_interrupted_store_are_converted_into(good, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert run("convert", good[0], "--out", empty, "--quiet").exit_code == 0
+    # an interrupted store: complete parts, no manifest, a part being written in .tmp
+    (empty / "manifest.json").unlink()
+    (empty / ".tmp" / "x-0123").mkdir(parents=True)
+    res = run("convert", *good, "--out", empty, "--quiet")
+    assert res.exit_code == 0, res.output
+    assert "1 part(s) converted now, 2 in the store" in res.output
+    assert run("verify", empty).exit_code == 0
+    res = run("convert", *good, "--out", empty, "--quiet")  # a complete store: a no-op re-run
+    assert res.exit_code == 0 and "0 part(s) converted now, 2 in the store" in res.output
+
+
 def test_info_and_verify(good, tmp_path):
     out = tmp_path / "store"
     assert run("convert", *good, "--out", out, "--quiet").exit_code == 0
