@@ -149,10 +149,14 @@ class PredictionWriter:
         tag = tag or str(os.getpid())
         self._tmp = self.path.with_name(f".{self.path.name}.{tag}.tmp.npy")
         self._tmp_side = self.sidecar.with_name(f".{self.sidecar.name}.{tag}.tmp")
-        self._mm = np.lib.format.open_memmap(
-            self._tmp, mode="w+" if create else "r+", dtype=PRED_DTYPE,
-            shape=(self.n_rows, N_SEGMENT_CLASSES) if create else None,
-        )
+        try:
+            self._mm = np.lib.format.open_memmap(
+                self._tmp, mode="w+" if create else "r+", dtype=PRED_DTYPE,
+                shape=(self.n_rows, N_SEGMENT_CLASSES) if create else None,
+            )
+        except OSError as err:  # a read-only folder, a full disk: say so, naming the output
+            self.abort()
+            raise cannot_write(self.path, err) from None
         self.rows_written = 0
 
     def write_at(self, row: int, block: np.ndarray) -> None:
@@ -195,6 +199,9 @@ class PredictionWriter:
             )
         try:
             self.flush()
+        except OSError as err:
+            self.abort()
+            raise cannot_write(self.path, err) from None
         except BaseException:
             self.abort()
             raise
@@ -202,24 +209,30 @@ class PredictionWriter:
 
     def publish(self) -> None:
         """Write the sidecar and rename both files into place (every row written and
-        flushed, by this process or by all that share the output)."""
+        flushed, by this process or by all that share the output). `PredictionError`
+        naming the output if a file cannot be written or renamed."""
         try:
             self.segments.write_parquet(self._tmp_side)
             os.replace(self._tmp_side, self.sidecar)
             try:
                 os.replace(self._tmp, self.path)
             except BaseException:
-                self.sidecar.unlink(missing_ok=True)  # the pair goes into place together
+                _unlink(self.sidecar)  # the pair goes into place together
                 raise
+        except OSError as err:
+            self.abort()
+            raise cannot_write(self.path, err) from None
         except BaseException:
             self.abort()
             raise
 
     def abort(self) -> None:
-        """Drop the temporaries (nothing is left at the final names)."""
+        """Drop the temporaries (nothing is left at the final names). Never raises: it
+        runs while another error is on its way (a read-only folder refuses even the
+        unlink of a file that is not there)."""
         self.__dict__.pop("_mm", None)
         for p in (self._tmp, self._tmp_side):
-            p.unlink(missing_ok=True)
+            _unlink(p)
 
     def __enter__(self):
         return self
@@ -229,6 +242,41 @@ class PredictionWriter:
             self.close()
         else:
             self.abort()
+
+
+def _unlink(path: Path) -> None:
+    """Remove `path` if it is there; an OSError (a read-only folder) is not raised."""
+    try:
+        path.unlink(missing_ok=True)
+    except OSError:
+        pass
+
+
+def cannot_write(path, err: OSError) -> PredictionError:
+    """The one-line error for an output that cannot be written: the path the user gave
+    (not a temporary's) and the system's reason."""
+    return PredictionError(f"{path}: cannot write ({err.strerror or err})")
+
+
+def check_output(npy_path, overwrite: bool = False) -> None:
+    """Refuse, before any work, an output `NAME.npy` (+ its sidecar) that the writer
+    could not write or would replace unasked: a folder that is missing, not a folder or
+    read-only; either file existing (unless `overwrite`) or being a directory."""
+    path = Path(npy_path)
+    folder = path.parent
+    if not folder.is_dir():
+        what = "not a directory" if folder.exists() else "no such directory"
+        raise PredictionError(f"{folder}: {what} (the folder of {path})")
+    for p in (path, sidecar_path(path)):
+        if p.is_dir():
+            raise PredictionError(f"{p}: is a directory (the output is written there)")
+        if os.path.lexists(p) and not overwrite:
+            raise PredictionError(f"{p}: exists (predictions of another model?); "
+                                  "--overwrite replaces it")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        why = ("read-only file system" if os.statvfs(folder).f_flag & os.ST_RDONLY
+               else "permission denied")
+        raise PredictionError(f"{path}: cannot write ({why}: {folder})")
 
 
 def write_predictions(path, scores: np.ndarray, video_ids, start_times, block_rows=65536) -> None:

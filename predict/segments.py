@@ -28,7 +28,7 @@ import numpy as np
 import polars as pl
 
 from ingest.errors import IngestError
-from predict.predictions import PredictionWriter, sidecar_path
+from predict.predictions import PredictionWriter, check_output, sidecar_path
 
 RUN_KINDS = {"pretrain": "video", "finetune-agnostic": "video", "finetune-aware": "aware"}
 
@@ -70,14 +70,18 @@ def check_sidecar(out: Path, segments: pl.DataFrame) -> None:
 
 
 def predict_segments(store: str, run: str, out: str, batch_size: int = 1024,
-                     device: str = "auto", threads: int = 2, progress: bool = True) -> dict:
-    """Predict every candidate of `store` with the model of `run` into `out` (.npy path)."""
+                     device: str = "auto", threads: int = 2, progress: bool = True,
+                     overwrite: bool = False) -> dict:
+    """Predict every candidate of `store` with the model of `run` into `out` (.npy path).
+    An existing output is refused unless `overwrite`; an unwritable one, before any work."""
+    out_path = Path(out if str(out).endswith(".npy") else f"{out}.npy")
+    check_output(out_path, overwrite)  # before torch is imported and the model loaded
+
     import torch
 
     from trainer.data import Loader, LoaderConfig, StoreIndex
     from trainer.recipes.runtime import autocast, barrier, cpu_threads, start_ranks, stop_ranks
 
-    out_path = Path(out if str(out).endswith(".npy") else f"{out}.npy")
     ranks = start_ranks(device)
     cpu_threads(ranks, threads)
     try:
@@ -89,8 +93,6 @@ def predict_segments(store: str, run: str, out: str, batch_size: int = 1024,
                            train=False, with_context=kind == "aware", threads=threads,
                            world_size=ranks.world, rank=ranks.rank, device=str(ranks.device))
         loader = Loader(index, cfg)
-        if not out_path.parent.is_dir():
-            raise SegmentsError(f"{out_path.parent}: no such directory")
         check_sidecar(out_path, cand)
         # ranks share one temporary file, named by torchrun's run id (default: this pid)
         tag = os.environ.get("TORCHELASTIC_RUN_ID") if ranks.world > 1 else None

@@ -17,11 +17,14 @@ import click
               show_default=True)
 @click.option("--threads", type=click.IntRange(min=1), default=2, show_default=True,
               help="Loader threads.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace NAME.npy / NAME.segments.parquet if they exist (else refused).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def segments(store, run, out, batch_size, device, threads, quiet) -> None:
+def segments(store, run, out, batch_size, device, threads, overwrite, quiet) -> None:
     """Predict every candidate segment of STORE with the model of RUN (quantised .npy)."""
     from predict.segments import predict_segments
 
-    r = predict_segments(store, run, out, batch_size, device, threads, progress=not quiet)
+    r = predict_segments(store, run, out, batch_size, device, threads, progress=not quiet,
+                         overwrite=overwrite)
     click.echo(f"{r['out']}: {r['candidates']} candidates, {r['kind']} model, "
                f"{r['candidates_per_s']:.0f} candidates/s", err=True)

@@ -16,6 +16,7 @@ from click.testing import CliRunner
 from predict.cli.main import main as predict_main
 from predict.segments import load_run
 from tests.processes import run_ok
+from tests.readonly import error_line, run_read_only, script
 from trainer.cli.main import main as train_main
 from trainer.data import context_span
 from trainer.data.sampling import select_even_numpy
@@ -137,3 +138,49 @@ def test_a_store_without_candidates_is_refused(tmp_path, runs):
                                 + CPU)
     assert result.exit_code == 1 and "no candidate segments" in result.output, result.output
 
+
+
+def _refused(store, run, out, *extra) -> str:
+    result = CliRunner().invoke(predict_main, ["segments", "--store", str(store.path), "--model",
+                                               str(run), "--out", str(out), *extra] + CPU)
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
+    return lines[0]
+
+
+def test_an_existing_output_is_refused_unless_overwrite(tmp_path, runs, testset_store):
+    _predict(testset_store, runs / "ag", tmp_path / "p")
+    npy, side = tmp_path / "p.npy", tmp_path / "p.segments.parquet"
+    before = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in (npy, side)}
+    # refused before any work: the run named here does not even exist
+    line = _refused(testset_store, tmp_path / "no-run", tmp_path / "p")
+    assert f"{npy}: exists" in line and "--overwrite" in line
+    assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in (npy, side)} == before
+    npy.unlink()  # a sidecar alone is someone's output too
+    assert f"{side}: exists" in _refused(testset_store, runs / "aw", tmp_path / "p.npy")
+    _predict(testset_store, runs / "aw", tmp_path / "p", "--overwrite")
+    assert npy.read_bytes() != before[npy][0]  # the aware model's scores replaced them
+    assert sorted(p.name for p in tmp_path.iterdir()) == [npy.name, side.name]
+
+
+def test_an_unwritable_output_is_one_line_and_leaves_nothing(tmp_path, runs, testset_store):
+    (tmp_path / "file").write_text("not a folder")
+    line = _refused(testset_store, runs / "ag", tmp_path / "file" / "p")
+    assert f"{tmp_path / 'file'}: not a directory" in line
+    for name in ("q.npy", "r.segments.parquet"):  # a directory where a file must go
+        (tmp_path / name).mkdir()
+        out = tmp_path / name.split(".")[0]
+        assert f"{tmp_path / name}: is a directory" in _refused(testset_store, runs / "ag", out)
+        assert not any((tmp_path / name).iterdir())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "q.npy", "r.segments.parquet"]
+
+
+def test_a_read_only_folder_is_one_line_and_leaves_nothing(tmp_path, runs, testset_store):
+    preds = tmp_path / "preds"
+    preds.mkdir()
+    cmd = [script("predict"), "segments", "--store", testset_store.path, "--model", runs / "ag",
+           "--out", preds / "ag"] + CPU
+    line = error_line(run_read_only(preds, cmd))
+    assert f"{preds / 'ag.npy'}: cannot write (read-only file system" in line
+    assert list(preds.iterdir()) == []

@@ -1,6 +1,8 @@
 """The prediction file format: writer, memory-mapped reader, and their refusals."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import polars as pl
 import pytest
@@ -74,10 +76,35 @@ def test_failed_close_leaves_nothing(tmp_path, monkeypatch, fail_at):
     monkeypatch.setattr("predict.predictions.os.replace", replace)
     if fail_at == "sidecar write":
         monkeypatch.setattr(pl.DataFrame, "write_parquet", no_parquet)
-    with pytest.raises(OSError, match="No space"), \
-            PredictionWriter(tmp_path / "m.npy", vids, starts) as w:
+    out = tmp_path / "m.npy"
+    with pytest.raises(PredictionError, match=f"^{out}: cannot write \\(No space left"), \
+            PredictionWriter(out, vids, starts) as w:
         w.write(np.zeros((6, 1000), np.float32))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_matrix_that_cannot_be_created_names_the_output(tmp_path, monkeypatch):
+    """open_memmap's OSError (a read-only folder: even the clean-up's unlink fails there)
+    becomes one line naming the output, not its temporary."""
+    import os
+
+    def read_only(*args, **kw):
+        raise OSError(30, "Read-only file system")
+
+    real_unlink = Path.unlink
+
+    def unlink(self, missing_ok=False):
+        if ".tmp" in self.name:
+            raise OSError(30, "Read-only file system")
+        real_unlink(self, missing_ok=missing_ok)
+
+    monkeypatch.setattr(np.lib.format, "open_memmap", read_only)
+    monkeypatch.setattr(Path, "unlink", unlink)
+    vids, starts = segments(6)
+    with pytest.raises(PredictionError) as err:
+        PredictionWriter(tmp_path / "m.npy", vids, starts)
+    assert str(err.value) == f"{tmp_path / 'm.npy'}: cannot write (Read-only file system)"
+    assert os.listdir(tmp_path) == []
 
 
 def test_writer_refuses_bad_blocks(tmp_path):
