@@ -33,6 +33,7 @@ from trainer.recipes.runtime import (
     cpu_threads,
     read_run_config,
     run_checkpoint,
+    split_batch,
     start_ranks,
     step_seed,
     stop_ranks,
@@ -134,11 +135,8 @@ def run(cfg: FinetuneConfig, options: dict, resume: bool = False) -> dict:
                   "model": config_to_dict(model_cfg), "model_name": name,
                   "world_size": ranks.world}
         rundir = RunDir(cfg.out, ranks)
-        rundir.create(config, resume)
-        per_rank = cfg.batch_size // ranks.world
-        if per_rank * ranks.world != cfg.batch_size or per_rank % loop.accumulate:
-            raise TrainerError(f"batch size {cfg.batch_size} does not split into "
-                               f"{ranks.world} rank(s) × {loop.accumulate} micro-batch(es)")
+        rundir.check(resume)
+        per_rank = split_batch(cfg.batch_size, ranks, loop.accumulate)
         index = StoreIndex.build(cfg.store)
         lc = LoaderConfig(kind="segment" if cfg.kind == "agnostic" else "aware",
                           batch_size=per_rank, max_len=cfg.max_len, folds=train_folds(cfg.fold),
@@ -149,6 +147,7 @@ def run(cfg: FinetuneConfig, options: dict, resume: bool = False) -> dict:
         if cfg.fold is not None:
             evaluation = Loader(index, eval_config(lc, folds=(cfg.fold,), world_size=1, rank=0))
         task = SegmentTask(model, cfg.kind == "aware", loader, evaluation)
+        rundir.create(config, resume)  # everything checked: training can start
         return train(task, loop, ranks, rundir, config, resume)
     finally:
         stop_ranks()

@@ -23,7 +23,15 @@ from torch.nn.parallel import DistributedDataParallel
 from trainer.checkpoint import CheckpointKeeper, load_checkpoint, save_checkpoint
 from trainer.errors import TrainerError
 from trainer.optim import build_optimizer
-from trainer.recipes.runtime import Ranks, RunDir, autocast, barrier, split, step_seed
+from trainer.recipes.runtime import (
+    Ranks,
+    RunDir,
+    autocast,
+    barrier,
+    has_checkpoint,
+    split,
+    step_seed,
+)
 from trainer.schedule import slanted_triangular_scheduler
 
 
@@ -59,12 +67,15 @@ def train(task, loop: LoopConfig, ranks: Ranks, run: RunDir, config: dict,
     scheduler = slanted_triangular_scheduler(optimizer, loop.steps)
     keeper = CheckpointKeeper(run.path, task.metric, task.mode) if ranks.main else None
     start, metrics = 0, {}
-    if resume:
+    if resume and has_checkpoint(run.path):
         state = load_checkpoint(run.path / "last", model, optimizer, scheduler,
                                 restore_rng=False)
         start, metrics = int(state["step"]), state.get("metrics", {})
         task.loader.load_state_dict(state["loader"])
         run.truncate_log(start)
+    elif resume:  # stopped before its first checkpoint: the same run from step 0
+        run.note(f"{run.path}: no checkpoint saved yet; starting from step 0")
+        run.truncate_log(0)
     net = DistributedDataParallel(model) if ranks.world > 1 else model
     net = torch.compile(net) if loop.compile else net
     scaler = torch.amp.GradScaler(ranks.device.type,

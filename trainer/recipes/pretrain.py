@@ -25,6 +25,7 @@ from trainer.recipes.runtime import (
     RunDir,
     cpu_threads,
     read_run_config,
+    split_batch,
     start_ranks,
     step_seed,
     stop_ranks,
@@ -97,12 +98,9 @@ def run(cfg: PretrainConfig, options: dict, resume: bool = False) -> dict:
                   "model": config_to_dict(VARIANTS[cfg.model].config), "model_name": cfg.model,
                   "world_size": ranks.world}
         rundir = RunDir(cfg.out, ranks)
-        rundir.create(config, resume)
+        rundir.check(resume)
         index = StoreIndex.build(cfg.store)
-        per_rank = cfg.batch_size // ranks.world
-        if per_rank * ranks.world != cfg.batch_size or per_rank % loop.accumulate:
-            raise TrainerError(f"batch size {cfg.batch_size} does not split into "
-                               f"{ranks.world} rank(s) × {loop.accumulate} micro-batch(es)")
+        per_rank = split_batch(cfg.batch_size, ranks, loop.accumulate)
         lc = LoaderConfig(kind="video", batch_size=per_rank, max_len=cfg.max_len,
                           folds=train_folds(cfg.fold), seed=loop.seed, threads=cfg.threads,
                           world_size=ranks.world, rank=ranks.rank, device=str(ranks.device))
@@ -112,6 +110,7 @@ def run(cfg: PretrainConfig, options: dict, resume: bool = False) -> dict:
             evaluation = Loader(index, eval_config(lc, folds=(cfg.fold,), world_size=1, rank=0))
         torch.manual_seed(step_seed(loop.seed, -1, 0))  # the initial weights
         task = VideoTask(build(cfg.model), loader, evaluation)
+        rundir.create(config, resume)  # everything checked: training can start
         return train(task, loop, ranks, rundir, config, resume)
     finally:
         stop_ranks()

@@ -17,6 +17,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
+import sys
 from contextlib import nullcontext
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -111,6 +113,16 @@ def step_seed(seed: int, step: int, shard: int) -> int:
     return int.from_bytes(digest, "little") & ((1 << 63) - 1)
 
 
+def split_batch(batch_size: int, ranks: Ranks, accumulate: int) -> int:
+    """The rows per rank of a global batch; a one-line error if it does not split evenly
+    into ranks × micro-batches."""
+    per_rank = batch_size // ranks.world
+    if per_rank * ranks.world != batch_size or per_rank % accumulate:
+        raise TrainerError(f"--batch-size {batch_size} does not split into {ranks.world} "
+                           f"rank(s) × --accumulate {accumulate} micro-batch(es) of equal size")
+    return per_rank
+
+
 def split(batch, parts: int) -> list:
     """A batch dataclass cut into `parts` equal micro-batches along its rows."""
     if parts == 1:
@@ -138,22 +150,54 @@ class RunDir:
     def config_file(self) -> Path:
         return self.path / CONFIG
 
-    def create(self, config: dict, resume: bool) -> None:
-        """A new run directory (refusing one that holds a run), or the one being resumed.
+    def check(self, resume: bool) -> None:
+        """Refuse, before any work, an `--out` that cannot become this run: a file, a
+        directory of other files, a run that has saved a checkpoint (resume it instead), an
+        unwritable place. Rank 0 looks and tells the others: a rank that looked for itself
+        could see the config rank 0 has just written and refuse its own run (seen in CI)."""
+        problem = self._problem(resume) if self.ranks.main else None
+        problem = broadcast(self.ranks, problem)
+        if problem:
+            raise TrainerError(problem)
 
-        Rank 0 alone looks for an existing run and tells the others: a rank that looked
-        for itself could see the config rank 0 has just written and refuse its own run
-        (seen in CI under load)."""
-        taken = not resume and self.config_file.exists() if self.ranks.main else None
-        if broadcast(self.ranks, taken):
-            raise TrainerError(f"{self.path}: already holds a run; resume it with --resume "
-                               f"{self.path} or choose another --out")
+    def _problem(self, resume: bool) -> str | None:
+        """What stands in the way of writing the run at `path`, or None."""
+        path = self.path
+        if resume:
+            return None if self.config_file.is_file() else (
+                f"{path}: not a run directory (no {CONFIG}); nothing to resume")
+        if path.exists() and not path.is_dir():
+            return f"--out {path}: a file, not a directory; choose another --out"
+        if path.is_dir() and any(path.iterdir()):
+            if not is_run(path):
+                return (f"--out {path}: a non-empty directory that is not a run; choose a "
+                        f"new or empty directory")
+            if has_checkpoint(path):
+                return (f"{path}: already holds a run; resume it with --resume {path} "
+                        f"or choose another --out")
+        return _unwritable(path)
+
+    def create(self, config: dict, resume: bool) -> None:
+        """Write the run's config (a new run), once every check has passed. A run that
+        saved no checkpoint (stopped before its first save) is replaced, with a note."""
         if self.ranks.main and not resume:
-            self.path.mkdir(parents=True, exist_ok=True)
-            tmp = self.config_file.with_suffix(".tmp")
-            tmp.write_text(json.dumps(config, indent=1, sort_keys=True) + "\n")
-            os.replace(tmp, self.config_file)
+            try:
+                if is_run(self.path):
+                    self.note(f"{self.path}: replacing a run that saved no checkpoint")
+                    _remove_run_files(self.path)
+                self.path.mkdir(parents=True, exist_ok=True)
+                tmp = self.config_file.with_suffix(".tmp")
+                tmp.write_text(json.dumps(config, indent=1, sort_keys=True) + "\n")
+                os.replace(tmp, self.config_file)
+            except OSError as err:
+                raise TrainerError(f"--out {self.path}: cannot write the run "
+                                   f"({err.strerror or err})") from None
         barrier(self.ranks)
+
+    def note(self, message: str) -> None:
+        """A one-line note to the user on stderr (rank 0)."""
+        if self.ranks.main:
+            print(message, file=sys.stderr)
 
     def log(self, record: dict) -> None:
         if self.ranks.main:
@@ -174,6 +218,45 @@ class RunDir:
             from trainer.plot import plot_runs
 
             plot_runs([self.path], self.path / CURVES)
+
+
+RUN_FILES = (CONFIG, METRICS, CURVES, "tensorboard", "last", "best", ".last.old", ".best.old")
+
+
+def is_run(path: Path) -> bool:
+    """`path` holds a run's config (written by train pretrain / finetune)."""
+    try:
+        return "recipe" in json.loads((path / CONFIG).read_text())
+    except (OSError, ValueError, TypeError):
+        return False
+
+
+def has_checkpoint(path: Path) -> bool:
+    return any((path / name).is_dir() for name in ("last", "best", ".last.old"))
+
+
+def _remove_run_files(path: Path) -> None:
+    """The files of a run that saved no checkpoint (nothing else in the directory)."""
+    for name in RUN_FILES:
+        target = path / name
+        if target.is_dir():
+            shutil.rmtree(target)
+        elif target.exists():
+            target.unlink()
+
+
+def _unwritable(path: Path) -> str | None:
+    """Why a run directory cannot be created or written at `path`, or None."""
+    probe = path
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        return f"--out {path}: {probe} is a file, not a directory"
+    if not os.access(probe, os.W_OK | os.X_OK):
+        return f"--out {path}: {probe} is not writable (read-only or no permission)"
+    return None
 
 
 def read_run_config(run: str | Path) -> dict:
