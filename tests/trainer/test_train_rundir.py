@@ -18,6 +18,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from click.testing import CliRunner
 
+from tests.readonly import error_line, run_read_only, script
 from trainer.cli.main import main
 from trainer.errors import TrainerError
 from trainer.recipes.runtime import Ranks, RunDir
@@ -169,3 +170,12 @@ def test_interrupted_before_the_first_checkpoint_resumes_from_step_0_or_is_repla
 
 def _steps(run: Path) -> list[int]:
     return [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_an_out_on_a_read_only_filesystem_is_one_line(tmp_path, train_store):
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    result = run_read_only(folder, [script("train"), "pretrain", "--store", train_store.path,
+                                    *SHORT, "--out", folder / "run", *FAST])
+    assert "is not writable" in error_line(result)
+    assert list(folder.iterdir()) == []
