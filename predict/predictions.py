@@ -258,25 +258,32 @@ def cannot_write(path, err: OSError) -> PredictionError:
     return PredictionError(f"{path}: cannot write ({err.strerror or err})")
 
 
+def folder_problem(path) -> str | None:
+    """Why the folder of the output `path` cannot receive it (missing, not a directory,
+    read-only or not ours to write), in words to follow `PATH: `; None if it can."""
+    folder = Path(path).parent
+    if not folder.is_dir():
+        return f"its folder {folder} {'is not a directory' if folder.exists() else 'does not exist'}"
+    if not os.access(folder, os.W_OK | os.X_OK):
+        why = ("read-only file system" if os.statvfs(folder).f_flag & os.ST_RDONLY
+               else "permission denied")
+        return f"cannot write ({why}: {folder})"
+    return None
+
+
 def check_output(npy_path, overwrite: bool = False) -> None:
     """Refuse, before any work, an output `NAME.npy` (+ its sidecar) that the writer
-    could not write or would replace unasked: a folder that is missing, not a folder or
-    read-only; either file existing (unless `overwrite`) or being a directory."""
+    could not write or would replace unasked: `folder_problem`, either file existing
+    (unless `overwrite`) or being a directory."""
     path = Path(npy_path)
-    folder = path.parent
-    if not folder.is_dir():
-        what = "not a directory" if folder.exists() else "no such directory"
-        raise PredictionError(f"{folder}: {what} (the folder of {path})")
+    if (problem := folder_problem(path)) is not None:
+        raise PredictionError(f"{path}: {problem}")
     for p in (path, sidecar_path(path)):
         if p.is_dir():
             raise PredictionError(f"{p}: is a directory (the output is written there)")
         if os.path.lexists(p) and not overwrite:
             raise PredictionError(f"{p}: exists (predictions of another model?); "
                                   "--overwrite replaces it")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        why = ("read-only file system" if os.statvfs(folder).f_flag & os.ST_RDONLY
-               else "permission denied")
-        raise PredictionError(f"{path}: cannot write ({why}: {folder})")
 
 
 def write_predictions(path, scores: np.ndarray, video_ids, start_times, block_rows=65536) -> None:

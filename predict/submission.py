@@ -16,6 +16,7 @@ import threading
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -250,8 +251,9 @@ def write_submission(path, rows: np.ndarray, segments: pl.DataFrame, class_ids=N
     except OSError as err:
         raise SubmissionError(f"{path}: cannot write ({err.strerror or err})") from None
     finally:
-        if not direct:
-            tmp.unlink(missing_ok=True)
+        if not direct:  # a read-only folder refuses even this unlink: not raised over the
+            with suppress(OSError):  # real error
+                tmp.unlink(missing_ok=True)
 
 
 def _class_prefixes(class_ids) -> tuple[np.ndarray, np.ndarray]:

@@ -71,7 +71,7 @@ def top_k(models, k: int = DEFAULT_K, seed: int = 0, block_rows: int = BLOCK_ROW
     with tqdm(total=n, desc="top-k", unit="row", unit_scale=True, file=sys.stderr,
               disable=not show) as bar:
         _scan_all(models, block_rows, state, np.ones(n_cls, bool), fv, fk, seed, k, buf, bar)
-        _refuse_invalid(state.invalid)
+        _refuse_invalid(state.invalid, models)
         redo = state.cnt < k  # the sample set these floors too high: scan them from 0
         if redo.any():
             bar.reset(total=n)
@@ -135,10 +135,15 @@ def _scan_all(models, block_rows, state, active, fv, fk, seed, k, buf, bar) -> N
         bar.update(len(vals))
 
 
-def _refuse_invalid(invalid: np.ndarray) -> None:
+def _refuse_invalid(invalid: np.ndarray, models) -> None:
+    """One line naming the file (a memory map's `filename`) whose scores exceed 9999."""
     if invalid.any():
-        raise IngestError(f"{invalid.sum()} scores above {QUANT_SCALE} (first in class "
-                          f"index {np.flatnonzero(invalid)[0]}): not quantised predictions")
+        c = int(np.flatnonzero(invalid)[0])
+        bad = next((m for m in models if (m[:, c] > QUANT_SCALE).any()), models[0])
+        name = getattr(bad, "filename", None) or "the scores"
+        where = " in the ensemble mean" if len(models) > 1 else ""
+        raise IngestError(f"{name}: {invalid.sum()} scores above {QUANT_SCALE}{where} (first "
+                          f"in class index {c}): not quantised predictions")
 
 
 def _blocks(models, block_rows):

@@ -2,12 +2,11 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import click
 
 from predict.cli.options import k_option
-from predict.predictions import open_ensemble
+from predict.predictions import folder_problem, open_ensemble, sidecar_path
 from predict.submission import SubmissionError, write_submission
 from predict.topk import top_k
 
@@ -15,6 +14,35 @@ from predict.topk import top_k
 # with another process busy on one of two cores, the top-k took 21-28 s instead of
 # 3-6 s (docs/predictions.md). Threads that sleep while they wait cost little alone.
 OMP_WAIT_POLICY = "PASSIVE"
+
+
+def _one_file(a, b) -> bool:
+    """`a` and `b` name one file: the same real path, or (both existing) the same inode."""
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def check_paths(predictions, out) -> None:
+    """Refuse an --out that is one of the inputs or their sidecars (the CSV would replace
+    it) or that cannot be written (`folder_problem`, unless it is a device or a pipe,
+    written in place); warn of a prediction file given
+    twice (its scores would count twice in the mean)."""
+    for i, pred in enumerate(predictions):
+        for given in (pred, sidecar_path(pred)):
+            if _one_file(out, given):
+                raise SubmissionError(f"{out}: is one of the inputs ({given}); the submission "
+                                      "would replace it: give another --out")
+        first = next((p for p in predictions[:i] if _one_file(p, pred)), None)
+        if first is not None:
+            click.echo(f"warning: {pred} is given twice (also as {first}): its scores count "
+                       "twice in the mean", err=True)
+    in_place = os.path.exists(out) and not os.path.isfile(out)  # /dev/null, a pipe
+    if not in_place and (problem := folder_problem(out)) is not None:
+        raise SubmissionError(f"{out}: {problem}")
 
 
 @click.command("topk")
@@ -25,8 +53,7 @@ OMP_WAIT_POLICY = "PASSIVE"
               help="seed of the tie keys that choose and order the boundary bucket")
 def topk(predictions, out, k, seed) -> None:
     """Average PREDICTIONS (NAME.npy files) and write the top K segments of every class."""
-    if not Path(out).resolve().parent.is_dir():  # refuse before the work, not after
-        raise SubmissionError(f"{out}: its folder {Path(out).parent} does not exist")
+    check_paths(predictions, out)  # refuse before the work, not after
     os.environ.setdefault("OMP_WAIT_POLICY", OMP_WAIT_POLICY)  # before numba's threads start
     models = open_ensemble(predictions)
     rows = top_k([m.scores for m in models], k=k, seed=seed)

@@ -13,6 +13,7 @@ from click.testing import CliRunner
 from ingest.vocab import segment_class_ids
 from predict.cli.main import main
 from predict.predictions import write_predictions
+from tests.readonly import error_line, run_read_only, script
 
 IDS = segment_class_ids()
 N_VIDEOS, PER_VIDEO = 40, 6
@@ -99,7 +100,11 @@ def test_topk_refusals_leave_no_output(world):
     big = np.full((10, 1000), 10_000, np.uint16)
     np.save(world / "big.npy", big)
     (world / "big.segments.parquet").write_bytes((world / "other.segments.parquet").read_bytes())
-    one_line_error(run("topk", world / "big.npy", "--out", out), "above 9999")
+    one_line_error(run("topk", world / "big.npy", "--out", out),
+                   f"{world / 'big.npy'}: 10000 scores above 9999 (first in class index 0)")
+    np.save(world / "big.npy", np.full((10, 1000), 30_000, np.uint16))  # mean 15,000
+    one_line_error(run("topk", world / "other.npy", world / "big.npy", "--out", out),
+                   f"{world / 'big.npy'}: 10000 scores above 9999 in the ensemble mean")
     one_line_error(run("topk", world / "absent.npy", "--out", out), "absent.npy")
     assert not out.exists()
     assert not [p for p in world.iterdir() if p.name.startswith(".")]
@@ -274,3 +279,45 @@ def test_topk_lets_waiting_threads_sleep_unless_told_otherwise(world, monkeypatc
     monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
     assert run("topk", world / "perfect.npy", "--out", world / "b.csv", "--k", 3).exit_code == 0
     assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
+
+
+@pytest.mark.parametrize("target", ["perfect.npy", "perfect.segments.parquet", "noise.npy",
+                                    "noise.segments.parquet", "link.csv", "sub/../noise.npy"])
+def test_topk_refuses_an_output_that_is_an_input(world, target):
+    """(Before: the input was replaced by the CSV, exit 0.)"""
+    (world / "link.csv").symlink_to(world / "noise.npy")
+    (world / "sub").mkdir()
+    before = {p.name: p.read_bytes() for p in world.iterdir() if p.is_file()}
+    res = run("topk", world / "perfect.npy", world / "noise.npy", "--out", world / target)
+    one_line_error(res, f"{world / target}: is one of the inputs (", "give another --out")
+    assert {p.name: p.read_bytes() for p in world.iterdir() if p.is_file()} == before
+
+
+def test_topk_warns_of_a_file_given_twice(world, monkeypatch):
+    monkeypatch.chdir(world)
+    res = run("topk", "perfect.npy", world / "perfect.npy", "noise.npy", "--out", "o.csv",
+              "--k", 5)
+    assert res.exit_code == 0, res.output
+    assert res.stderr.splitlines()[0] == (f"warning: {world / 'perfect.npy'} is given twice (also "
+                                          "as perfect.npy): its scores count twice in the mean")
+    assert (world / "o.csv").is_file()
+
+
+def test_topk_into_a_read_only_folder_is_the_real_error(world):
+    ro = world / "ro"
+    ro.mkdir()
+    res = run_read_only(ro, [script("predict"), "topk", world / "perfect.npy", "--out",
+                             ro / "o.csv", "--k", 5])
+    assert error_line(res) == f"Error: {ro / 'o.csv'}: cannot write (read-only file system: {ro})"
+    # past the up-front check, the writer's own error (not the clean-up's unlink) is raised
+    code = ("import sys, numpy as np, polars as pl\n"
+            "from predict.submission import SubmissionError, write_submission\n"
+            "seg = pl.DataFrame({'video_id': ['a'], 'start_time': pl.Series([5], dtype=pl.Int32)})\n"
+            "try:\n"
+            "    write_submission(sys.argv[1], np.zeros((1000, 1), np.int32), seg)\n"
+            "except SubmissionError as err:\n"
+            "    print(err)\n")
+    res = run_read_only(ro, [sys.executable, "-c", code, ro / "o.csv"])
+    assert res.returncode == 0 and "Traceback" not in res.stderr, res.stderr
+    assert res.stdout.strip() == f"{ro / 'o.csv'}: cannot write (Read-only file system)"
+    assert list(ro.iterdir()) == []

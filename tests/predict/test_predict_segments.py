@@ -120,7 +120,8 @@ def test_clear_errors(tmp_path, runs, testset_store, validate_store, train_store
     cases = [
         (testset_store, tmp_path, tmp_path / "x", "not a run directory"),
         (testset_store, runs / "ag", other / "test_model", "differ from those of"),
-        (testset_store, runs / "ag", tmp_path / "missing" / "x", "no such directory"),
+        (testset_store, runs / "ag", tmp_path / "missing" / "x",
+         f"its folder {tmp_path / 'missing'} does not exist"),
     ]
     for store, run, out, message in cases:
         result = CliRunner().invoke(predict_main, ["segments", "--store", str(store.path),
@@ -167,7 +168,7 @@ def test_an_existing_output_is_refused_unless_overwrite(tmp_path, runs, testset_
 def test_an_unwritable_output_is_one_line_and_leaves_nothing(tmp_path, runs, testset_store):
     (tmp_path / "file").write_text("not a folder")
     line = _refused(testset_store, runs / "ag", tmp_path / "file" / "p")
-    assert f"{tmp_path / 'file'}: not a directory" in line
+    assert f"p.npy: its folder {tmp_path / 'file'} is not a directory" in line
     for name in ("q.npy", "r.segments.parquet"):  # a directory where a file must go
         (tmp_path / name).mkdir()
         out = tmp_path / name.split(".")[0]
@@ -182,5 +183,5 @@ def test_a_read_only_folder_is_one_line_and_leaves_nothing(tmp_path, runs, tests
     cmd = [script("predict"), "segments", "--store", testset_store.path, "--model", runs / "ag",
            "--out", preds / "ag"] + CPU
     line = error_line(run_read_only(preds, cmd))
-    assert f"{preds / 'ag.npy'}: cannot write (read-only file system" in line
+    assert f"{preds / 'ag.npy'}: cannot write (read-only file system: {preds})" in line
     assert list(preds.iterdir()) == []
