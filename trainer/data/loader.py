@@ -37,6 +37,7 @@ from trainer.data.index import StoreIndex
 from trainer.data.sampling import (
     SALT_CONTEXT,
     SALT_FRAMES,
+    SALT_SUBSET,
     epoch_order,
     partition,
     sample_keys,
@@ -69,6 +70,7 @@ class LoaderConfig:
     skip_unlabelled: bool = True  # video kind: leave out videos with no segment class
     drop_last: bool = False  # drop the remainder instead of padding with flagged repeats
     with_context: bool = False  # candidates: also the videos' contexts (aware models)
+    max_videos: int | None = None  # at most N videos: a fixed subset (`_limit_videos`)
     world_size: int = 1
     rank: int = 0
     device: str = "cpu"
@@ -79,6 +81,8 @@ class LoaderConfig:
         if self.max_len is not None and self.max_len < 1:
             raise LoaderError(f"max length Lm must be at least 1 (or None for whole videos), "
                               f"got {self.max_len}")
+        if self.max_videos is not None and self.max_videos < 1:
+            raise LoaderError(f"at most N videos: N must be at least 1, got {self.max_videos}")
         if self.batch_size < 1 or self.threads < 1 or self.batches_ahead < 1:
             raise LoaderError("batch size, threads and batches ahead must be at least 1")
         if not 0 <= self.rank < self.world_size:
@@ -177,7 +181,21 @@ class Loader:
             what = "candidate segments (videos of more than 40 frames)"
         if len(out) == 0:
             raise LoaderError(f"{self._where()}: no {what}")
+        if kind != "candidates":
+            out = self._limit_videos(out, out if kind == "video" else ix.seg_video[out])
         return out.astype(np.int64)
+
+    def _limit_videos(self, samples: np.ndarray, videos: np.ndarray) -> np.ndarray:
+        """The samples `(n,)` of at most `max_videos` of their `videos (n,)`: the videos of
+        smallest key under a fixed stream (not the run's seed), so the subset is the same
+        for every run, rank and epoch of a store (bounded evaluation, docs/training.md)."""
+        limit = self.config.max_videos
+        unique = np.unique(videos)
+        if limit is None or len(unique) <= limit:
+            return samples
+        keys = sample_keys(stream_key(0, 0, SALT_SUBSET), unique)
+        chosen = unique[np.argsort(keys, kind="stable")[:limit]]
+        return samples[np.isin(videos, chosen)]
 
     def _sample_parts(self) -> np.ndarray:
         ix = self.index

@@ -36,6 +36,7 @@ SALT_GROUPS = 1  # the order of groups
 SALT_BUFFER = 2  # the shuffle buffer
 SALT_FRAMES = 3  # a video's frames (video batches)
 SALT_CONTEXT = 4  # a segment's context frames (context-aware batches)
+SALT_SUBSET = 5  # the fixed subset of videos of a bounded evaluation (seed 0, epoch 0)
 
 
 @njit(inline="always")
