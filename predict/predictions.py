@@ -27,6 +27,7 @@ import numpy as np
 import polars as pl
 
 from ingest.errors import IngestError
+from ingest.outputs import folder_problem
 from ingest.store.truth import read_table
 from ingest.vocab import N_SEGMENT_CLASSES
 
@@ -256,19 +257,6 @@ def cannot_write(path, err: OSError) -> PredictionError:
     """The one-line error for an output that cannot be written: the path the user gave
     (not a temporary's) and the system's reason."""
     return PredictionError(f"{path}: cannot write ({err.strerror or err})")
-
-
-def folder_problem(path) -> str | None:
-    """Why the folder of the output `path` cannot receive it (missing, not a directory,
-    read-only or not ours to write), in words to follow `PATH: `; None if it can."""
-    folder = Path(path).parent
-    if not folder.is_dir():
-        return f"its folder {folder} {'is not a directory' if folder.exists() else 'does not exist'}"
-    if not os.access(folder, os.W_OK | os.X_OK):
-        why = ("read-only file system" if os.statvfs(folder).f_flag & os.ST_RDONLY
-               else "permission denied")
-        return f"cannot write ({why}: {folder})"
-    return None
 
 
 def check_output(npy_path, overwrite: bool = False) -> None:

@@ -29,11 +29,13 @@ from __future__ import annotations
 import json
 import math
 import os
+from contextlib import suppress
 from pathlib import Path
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from ingest.outputs import folder_problem
 from trainer.errors import TrainerError
 
 METRICS_FILE = "metrics.jsonl"
@@ -130,14 +132,27 @@ def draw_runs(runs: dict[str, list[dict]]) -> Figure:
 
 
 def plot_runs(run_dirs: list[str | Path], out_png: str | Path) -> Path:
-    """Draw the runs' curves into `out_png` (written whole, then renamed into place)."""
+    """Draw the runs' curves into `out_png` (written whole under a hidden temporary name
+    beside it, then renamed into place). TrainerError naming `out_png`, checked before
+    anything is read or drawn: a directory, a folder that is missing, not a folder or not
+    writable; and a write that fails later (the temporary is removed)."""
     paths = [Path(p) for p in run_dirs]
     if not paths:
         raise TrainerError("no run directory to plot")
+    out = Path(out_png)
+    if out.is_dir():
+        raise TrainerError(f"{out}: is a directory; give the PNG's file name "
+                           f"(such as {out / 'curves.png'})")
+    if (problem := folder_problem(out)) is not None:
+        raise TrainerError(f"{out}: {problem}")
     runs = {label: read_metrics(p) for label, p in zip(_labels(paths), paths)}
     fig = draw_runs(runs)
-    out = Path(out_png)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    FigureCanvasAgg(fig).print_png(str(tmp))
-    os.replace(tmp, out)
+    try:
+        FigureCanvasAgg(fig).print_png(str(tmp))
+        os.replace(tmp, out)
+    except OSError as err:
+        with suppress(OSError):  # a read-only folder refuses even this: not raised over err
+            tmp.unlink(missing_ok=True)
+        raise TrainerError(f"{out}: cannot write ({err.strerror or err})") from None
     return out

@@ -5,8 +5,9 @@ import os
 
 import click
 
+from ingest.outputs import folder_problem
 from predict.cli.options import k_option
-from predict.predictions import folder_problem, open_ensemble, sidecar_path
+from predict.predictions import open_ensemble, sidecar_path
 from predict.submission import SubmissionError, write_submission
 from predict.topk import top_k
 

@@ -7,8 +7,11 @@ import math
 
 import numpy as np
 import pytest
+from click.testing import CliRunner
 from matplotlib.image import imread
 
+from tests.readonly import error_line, run_read_only, script
+from trainer.cli.main import main as train_main
 from trainer.errors import TrainerError
 from trainer.plot import draw_runs, plot_runs, read_metrics
 
@@ -91,3 +94,58 @@ def test_bad_logs_are_one_line_errors(tmp_path, text, match):
     with pytest.raises(TrainerError, match="cannot read the metrics log"):
         plot_runs([tmp_path / "absent"], tmp_path / "x.png")
     assert not (tmp_path / "x.png").exists()
+
+
+# ---------------------------------------------------------------- `train plot --out` refusals
+
+def _plot(*args):
+    return CliRunner().invoke(train_main, ["plot", *map(str, args)])
+
+
+def _no_temporaries(root):
+    return list(root.rglob(".*tmp-*")) == []
+
+
+def _plot_run(tmp_path):
+    run = tmp_path / "run"
+    _fake_run(run, segment=True)
+    (run / "config.json").write_text('{"recipe": "pretrain"}')
+    return run
+
+
+@pytest.mark.parametrize("out, message", [
+    ("somedir", "somedir: is a directory; give the PNG's file name (such as somedir/curves.png)"),
+    ("nodir/x/p.png", "nodir/x/p.png: its folder nodir/x does not exist"),
+    ("afile/p.png", "afile/p.png: its folder afile is not a directory"),
+])
+def test_plot_refuses_an_output_it_cannot_write(tmp_path, monkeypatch, out, message):
+    """(Before: a traceback, or the hidden temporary named, and `.NAME.tmp-PID` left.)"""
+    monkeypatch.chdir(tmp_path)
+    _plot_run(tmp_path)
+    (tmp_path / "somedir").mkdir()
+    (tmp_path / "afile").write_text("x")
+    result = _plot("run", "--out", out)
+    assert result.exit_code == 1 and result.output == f"Error: {message}\n", result.output
+    assert _no_temporaries(tmp_path) and list((tmp_path / "somedir").iterdir()) == []
+
+
+def test_plot_into_a_read_only_folder(tmp_path):
+    run = _plot_run(tmp_path)
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    line = error_line(run_read_only(ro, [script("train"), "plot", run, "--out", ro / "p.png"],
+                                    cwd=ro))
+    assert line == f"Error: {ro / 'p.png'}: cannot write (read-only file system: {ro})"
+    assert list(ro.iterdir()) == [] and _no_temporaries(tmp_path)
+
+
+def test_plot_write_failing_late_names_the_output(tmp_path, monkeypatch):
+    run = _plot_run(tmp_path)
+
+    def full_disk(src, dst):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("trainer.plot.os.replace", full_disk)
+    result = _plot(run, "--out", tmp_path / "p.png")
+    assert result.output == f"Error: {tmp_path / 'p.png'}: cannot write (No space left on device)\n"
+    assert _no_temporaries(tmp_path) and not (tmp_path / "p.png").exists()
