@@ -1,7 +1,13 @@
 """`predict` command line. Each command lives in its own module and is registered below."""
-import click
+from ingest.cli.interrupt import quiet_while_importing
 
-from ingest.cli.util import Group
+with quiet_while_importing():  # Ctrl-C while numba and the rest import: exit 130, one line
+    import click
+
+    from ingest.cli.util import Group
+    from predict.cli.evaluate import evaluate, validate
+    from predict.cli.segments import segments
+    from predict.cli.topk import topk
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -11,13 +17,7 @@ def main() -> None:
 
 
 # Commands are registered here, one line each:
-from predict.cli.topk import topk
-
 main.add_command(topk)
-from predict.cli.evaluate import evaluate, validate
-
 main.add_command(evaluate)
 main.add_command(validate)
-from predict.cli.segments import segments
-
 main.add_command(segments)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -13,6 +14,7 @@ from click.testing import CliRunner
 from ingest.vocab import segment_class_ids
 from predict.cli.main import main
 from predict.predictions import write_predictions
+from tests.ingest.test_convert_resume import interrupt, start, wait_until
 from tests.readonly import error_line, run_read_only, script
 
 IDS = segment_class_ids()
@@ -321,3 +323,16 @@ def test_topk_into_a_read_only_folder_is_the_real_error(world):
     assert res.returncode == 0 and "Traceback" not in res.stderr, res.stderr
     assert res.stdout.strip() == f"{ro / 'o.csv'}: cannot write (Read-only file system)"
     assert list(ro.iterdir()) == []
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs Linux's /proc")
+def test_interrupt_while_importing(world):
+    """Ctrl-C once numba is loaded, while the command line still imports: 130, one line.
+    (Before: a KeyboardInterrupt traceback.)"""
+    proc = start([script("predict"), "topk", str(world / "perfect.npy"), "--out",
+                  str(world / "o.csv")])
+    maps = Path(f"/proc/{proc.pid}/maps")
+    wait_until(proc, lambda: "/numba/" in maps.read_text(), "loading numba")
+    code, err = interrupt(proc)
+    assert code == 130 and err == "Interrupted while starting; nothing was done.\n", err
+    assert not (world / "o.csv").exists()

@@ -1,7 +1,13 @@
 """`trainer` command line. Each command lives in its own module and is registered below."""
-import click
+from ingest.cli.interrupt import quiet_while_importing
 
-from ingest.cli.util import Group
+with quiet_while_importing():  # Ctrl-C while torch and the rest import: exit 130, one line
+    import click
+
+    from ingest.cli.util import Group
+    from trainer.cli.data import loader_bench_command
+    from trainer.cli.models import models_command
+    from trainer.cli.train import finetune_cmd, plot_cmd, pretrain_cmd
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -11,14 +17,8 @@ def main() -> None:
 
 
 # Commands are registered here, one line each:
-from trainer.cli.models import models_command
-
 main.add_command(models_command)
-from trainer.cli.data import loader_bench_command
-
 main.add_command(loader_bench_command)
-from trainer.cli.train import finetune_cmd, plot_cmd, pretrain_cmd
-
 main.add_command(pretrain_cmd)
 main.add_command(finetune_cmd)
 main.add_command(plot_cmd)
