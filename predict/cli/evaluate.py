@@ -43,6 +43,9 @@ def evaluate(submission, truth_path, k, as_json) -> None:
             f"{truth_path}: no positive ratings (score > 0.5) among its {truth.n_rated} rated "
             f"(segment, class) pairs: MAP is undefined")
     ev = evaluate_submission(submission, truth, k)
+    if not ev.video_overlap and not _has_entries(submission):
+        raise EvaluationError(f"{submission}: the submission has no entries (no class row "
+                              "lists a segment): nothing to score")
     if not ev.video_overlap:
         raise EvaluationError(
             f"{submission}: none of its video ids appears in {truth_path} "
@@ -55,3 +58,11 @@ def evaluate(submission, truth_path, k, as_json) -> None:
         click.echo(json.dumps(result.to_json()))
     else:
         click.echo(f"MAP@{k} = {result.map:.6f} over {result.classes} classes")
+
+
+def _has_entries(path) -> bool:
+    """Whether a row of the (validated) submission `path` lists a segment; reads up to the
+    first that does (the whole file only when it has none)."""
+    with open(path, "rb") as f:
+        next(f, None)  # the header
+        return any(line.partition(b",")[2].strip() for line in f)

@@ -223,6 +223,16 @@ def test_evaluate_refuses_another_splits_truth(world):
                    "another split")
 
 
+@pytest.mark.parametrize("text", ["Class,Segments\n", "Class,Segments",
+                                  f"Class,Segments\n{IDS[0]},\n{IDS[5]},\n"])
+def test_evaluate_says_a_submission_without_entries_has_none(world, text):
+    """(Before: "none of its video ids appears in ...: predictions for another split?")"""
+    (world / "empty.csv").write_text(text)
+    one_line_error(run("evaluate", world / "empty.csv", "--truth", world / "truth.parquet"),
+                   f"{world / 'empty.csv'}: the submission has no entries (no class row lists "
+                   "a segment): nothing to score")
+
+
 def test_evaluate_warns_when_nothing_submitted_is_rated(world):
     """Videos in common but no submitted (segment, class) rated: a warning, MAP 0."""
     out = world / "sub.csv"
