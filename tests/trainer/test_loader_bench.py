@@ -167,10 +167,12 @@ def test_errors_are_one_line(tmp_path, train_store, monkeypatch):
     assert str(tmp_path / "file") in fail(str(tmp_path / "file"), "--kind", "video")
     line = fail(str(train_store.path), "--kind", "segment")
     assert str(train_store.path) in line and "no rated segments" in line
-    assert "at least 1" in fail(str(train_store.path), "--kind", "video", "--max-len", "0")
-    usage = CliRunner().invoke(main, ["loader-bench", str(train_store.path), "--kind", "video",
-                                      "--max-len", "abc"])
-    assert usage.exit_code == 2 and "'abc' is not a whole number or 'all'" in usage.stderr
+    for value, why in (("abc", "'abc' is not a whole number or 'all'"),
+                       ("0", "0 is not at least 1 (frames per video; 'all' for whole videos)")):
+        usage = CliRunner().invoke(main, ["loader-bench", str(train_store.path), "--kind",
+                                          "video", "--max-len", value])  # names the option
+        assert usage.exit_code == 2, usage.output
+        assert f"Error: Invalid value for '--max-len': {why}\n" in usage.stderr
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert "CUDA is not available" in fail(str(train_store.path), "--kind", "video",
                                            "--device", "cuda")

@@ -8,13 +8,19 @@ import click
 from trainer.data.batches import KINDS
 
 
-def _max_len(value: str) -> int | None:
+def _max_len(ctx, param, value: str) -> int | None:
+    """`--max-len`: frames per video, at least 1; 'all' (or 'inf') → None, whole videos.
+    A bad value is click's usage error naming the option, as for the other options."""
     if value.lower() in ("all", "inf"):
         return None
     try:
-        return int(value)
+        frames = int(value)
     except ValueError:
         raise click.BadParameter(f"{value!r} is not a whole number or 'all'") from None
+    if frames < 1:
+        raise click.BadParameter(f"{frames} is not at least 1 (frames per video; 'all' for "
+                                 "whole videos)")
+    return frames
 
 
 # (label, key, format) of the table; a row whose value is None is left out
@@ -65,7 +71,7 @@ def format_table(r: dict) -> str:
 @click.option("--kind", type=click.Choice(KINDS), required=True, help="Batch kind.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
 @click.option("--max-len", default="150", show_default=True, metavar="LM|all",
-              help="Frames per video (Lm); 'all' for whole videos.")
+              callback=_max_len, help="Frames per video (Lm); 'all' for whole videos.")
 @click.option("--threads", type=click.IntRange(min=1), default=2, show_default=True,
               help="Loader threads.")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
@@ -76,7 +82,7 @@ def format_table(r: dict) -> str:
                    "of its files as the disk's ceiling.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object instead of a table.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def loader_bench_command(store: str, kind: str, batch_size: int, max_len: str, threads: int,
+def loader_bench_command(store: str, kind: str, batch_size: int, max_len: int | None, threads: int,
                          device: str, seconds: float, cold: bool, as_json: bool,
                          quiet: bool) -> None:
     """Run the loader on STORE for a while: samples/s, feature MB/s, batches/s, resident
@@ -86,7 +92,7 @@ def loader_bench_command(store: str, kind: str, batch_size: int, max_len: str, t
     from trainer.data.bench import BenchConfig, run_bench
 
     config = BenchConfig(store=store, kind=kind, batch_size=batch_size,
-                         max_len=_max_len(max_len), threads=threads, device=device,
+                         max_len=max_len, threads=threads, device=device,
                          seconds=seconds, cold=cold)
     bar = None
 
