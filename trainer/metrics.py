@@ -13,10 +13,14 @@ Undefined values (AUC with one class only, recall without positives, precision w
 predicted positives) are NaN.
 
 `SegmentEvaluation` and `VideoEvaluation` stream an evaluation over many batches:
-`update(...)` per batch, `compute()` at the end.
+`update(...)` per batch, `compute()` at the end. Under DDP each rank evaluates its share;
+`state()` is what a rank holds (numpy arrays and integers, picklable) and `merged(states)`
+the evaluation of all of them: the same numbers as one process that saw every example
+(losses are summed with `math.fsum`, exactly rounded whatever the order).
 """
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -129,12 +133,23 @@ class SegmentEvaluation:
         self._scores.append(y.ravel())
         self._losses.append(loss.ravel())
 
+    def state(self) -> dict:
+        """{"probs", "scores", "losses"}: `(n,)` float64 arrays of this process's examples."""
+        return {"probs": _joined(self._probs), "scores": _joined(self._scores),
+                "losses": _joined(self._losses)}
+
+    @classmethod
+    def merged(cls, states: list[dict]) -> SegmentEvaluation:
+        ev = cls()
+        for st in states:
+            ev.update(st["probs"], st["scores"], st["losses"])
+        return ev
+
     def compute(self) -> dict:
-        p = np.concatenate(self._probs) if self._probs else np.zeros(0)
-        y = np.concatenate(self._scores) if self._scores else np.zeros(0)
-        loss = np.concatenate(self._losses) if self._losses else np.zeros(0)
+        st = self.state()
+        p, y, loss = st["probs"], st["scores"], st["losses"]
         return {
-            "loss": float(loss.mean()) if loss.size else float("nan"),
+            "loss": math.fsum(loss) / loss.size if loss.size else float("nan"),
             "auc": roc_auc(p, y),
             "segments": int(p.size),
             "positives": int(np.count_nonzero(y > 0.5)),
@@ -142,7 +157,8 @@ class SegmentEvaluation:
 
 
 class VideoEvaluation:
-    """Streaming evaluation of a video-level model: keeps counts, not the `(N, C)` arrays.
+    """Streaming evaluation of a video-level model: keeps counts and per-video losses, not
+    the `(N, C)` arrays.
 
     `update(probs (B, C), labels (B, C), losses (B,) | None, valid (B,) | None)`: losses
     are per-example Eq. 1 losses (`video_loss(..., reduction="none")`); without them
@@ -153,8 +169,7 @@ class VideoEvaluation:
     def __init__(self, threshold: float = THRESHOLD) -> None:
         self.threshold = threshold
         self._counts = np.zeros(3, dtype=np.int64)
-        self._loss_sum = 0.0
-        self._videos = 0
+        self._losses: list[np.ndarray] = []
 
     def update(self, probs: Any, labels: Any, losses: Any = None, valid: Any = None) -> None:
         p, y = _kept(valid, _numpy(probs), _numpy(labels))
@@ -163,10 +178,26 @@ class VideoEvaluation:
         else:
             (loss,) = _kept(valid, _numpy(losses))
         self._counts += _counts(p, y, self.threshold)
-        self._loss_sum += float(loss.sum())
-        self._videos += len(p)
+        self._losses.append(np.asarray(loss, np.float64).ravel())
+
+    def state(self) -> dict:
+        """{"counts": [tp, fp, fn] int64, "losses": `(n,)` float64 per-video losses}."""
+        return {"counts": self._counts.copy(), "losses": _joined(self._losses)}
+
+    @classmethod
+    def merged(cls, states: list[dict], threshold: float = THRESHOLD) -> VideoEvaluation:
+        ev = cls(threshold)
+        for st in states:
+            ev._counts += np.asarray(st["counts"], np.int64)
+            ev._losses.append(np.asarray(st["losses"], np.float64))
+        return ev
 
     def compute(self) -> dict:
         recall, precision = _recall_precision(self._counts)
-        loss = self._loss_sum / self._videos if self._videos else float("nan")
-        return {"loss": loss, "recall": recall, "precision": precision, "videos": self._videos}
+        losses = _joined(self._losses)
+        loss = math.fsum(losses) / losses.size if losses.size else float("nan")
+        return {"loss": loss, "recall": recall, "precision": precision, "videos": int(losses.size)}
+
+
+def _joined(pieces: list[np.ndarray]) -> np.ndarray:
+    return np.concatenate(pieces) if pieces else np.zeros(0)

@@ -198,12 +198,15 @@ def test_killed_and_resumed_run_ends_bit_identical(tmp_path, validate_store):
 def test_ddp_two_gloo_processes_equal_one_process_with_the_same_global_batch(
         tmp_path, validate_store):
     """2 ranks × 4 rows = 1 process × 2 micro-batches of 4: the same rows, frames and
-    dropout masks; parameters agree to float32 summation order (atol 1e-5)."""
+    dropout masks; parameters agree to float32 summation order (atol 1e-5). The held-out
+    evaluation, shared by the two ranks and merged, gives the numbers of one process (to
+    float32 rounding), in pre-training and in fine-tuning."""
+    fold = ["--fold", str(_fold(validate_store)), "--eval-videos", "5"]
     args = ["pretrain", "--store", str(validate_store.path), "--model", "dbof-tiny",
-            "--steps", "6", "--batch-size", "8", "--max-len", "20", "--eval-every", "6"]
-    torchrun = Path(sys.executable).with_name("torchrun")
-    run_ok([str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "trainer",
-           *args, "--out", str(tmp_path / "ddp"), *FAST], env=_env())
+            "--steps", "6", "--batch-size", "8", "--max-len", "20", "--eval-every", "6", *fold]
+    torchrun = [str(Path(sys.executable).with_name("torchrun")), "--standalone",
+                "--nproc_per_node", "2", "-m", "trainer"]
+    run_ok([*torchrun, *args, "--out", str(tmp_path / "ddp"), *FAST], env=_env())
     run_ok(_command(*args, "--accumulate", "2", "--out", str(tmp_path / "one")),
            env=_env())
     ddp, one = _weights(tmp_path / "ddp"), _weights(tmp_path / "one")
@@ -213,3 +216,29 @@ def test_ddp_two_gloo_processes_equal_one_process_with_the_same_global_batch(
         torch.testing.assert_close(ddp[key], one[key], rtol=0, atol=1e-5, msg=key)
     config = json.loads((tmp_path / "ddp" / "config.json").read_text())
     assert config["world_size"] == 2
+
+
+@pytest.mark.slow
+def test_evaluation_shared_by_two_gloo_processes_gives_one_process_numbers(
+        tmp_path, pretrained, finetuned, validate_store):
+    """The same weights evaluated on the held-out fold by one process and by two ranks that
+    each take half of it (the recipes' evaluation, merged): the same numbers, to float32
+    rounding (a rank's batches are padded to other lengths)."""
+    fold = str(_fold(validate_store))
+    torchrun = Path(sys.executable).with_name("torchrun")
+    script = Path(__file__).with_name("eval_ranks.py")
+    runs = [str(r) for r in (pretrained, finetuned / "ag", finetuned / "aw")]
+    found = []
+    for procs in (1, 2):
+        out = tmp_path / f"{procs}.json"
+        run_ok([torchrun, "--standalone", "--nproc_per_node", procs, script,
+                validate_store.path, fold, out, *runs], env=_env())
+        found.append(json.loads(out.read_text()))
+    for run in runs:
+        one, two = found[0][run], found[1][run]
+        assert one.keys() == two.keys()
+        for key, value in one.items():
+            if isinstance(value, int):
+                assert two[key] == value > 0, (run, key)
+            else:
+                assert two[key] == pytest.approx(value, rel=1e-5), (run, key)

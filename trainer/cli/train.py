@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import click
 
+from trainer.recipes.defaults import EVAL_VIDEOS
 from trainer.recipes.runtime import PRECISIONS
 
 _LOOP_OPTIONS = [
@@ -24,10 +25,13 @@ _LOOP_OPTIONS = [
                  help="Log the training loss every N steps (default 10)."),
     click.option("--checkpoint-every", type=click.IntRange(min=0), default=None,
                  help="Save last/ every N steps instead (default: at --eval-every)."),
+    click.option("--checkpoint-minutes", type=click.FloatRange(min=0), default=None,
+                 help="Also save last/ at the first log step after M minutes without a save "
+                      "(default 30; 0: off)."),
     click.option("--accumulate", type=click.IntRange(min=1), default=None,
                  help="Micro-batches per step (the batch split in K; default 1)."),
     click.option("--grad-clip", type=click.FloatRange(min=0), default=None,
-                 help="Clip the gradient norm (default 0: off)."),
+                 help="Clip the gradients' global norm (default 0: off)."),
     click.option("--precision", type=click.Choice(PRECISIONS), default=None,
                  help="auto: bf16 autocast on CUDA, float32 on CPU."),
     click.option("--compile", "compile_", is_flag=True, default=None, help="torch.compile."),
@@ -39,6 +43,10 @@ _COMMON = [
                  help="Hold out fold K of the store and evaluate on it."),
     click.option("--batch-size", type=click.IntRange(min=1), default=None,
                  help="Global batch per step (default: the paper's)."),
+    click.option("--eval-videos", type=click.IntRange(min=1), default=EVAL_VIDEOS,
+                 show_default=True,
+                 help="Evaluate a fixed subset of at most N held-out videos (shared by the "
+                      "ranks)."),
     click.option("--threads", type=click.IntRange(min=1), default=2, show_default=True,
                  help="Loader threads."),
     click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
@@ -58,8 +66,8 @@ def _options(decorators):
 
 def _loop(kw: dict) -> dict:
     loop = {k: kw.pop(k) for k in ("steps", "lr", "weight_decay", "seed", "eval_every",
-                                   "log_every", "checkpoint_every", "accumulate", "grad_clip",
-                                   "precision", "tensorboard")}
+                                   "log_every", "checkpoint_every", "checkpoint_minutes",
+                                   "accumulate", "grad_clip", "precision", "tensorboard")}
     loop["compile"] = kw.pop("compile_")
     loop["progress"] = not kw.pop("quiet")
     return loop

@@ -12,6 +12,11 @@ from __future__ import annotations
 from trainer.errors import TrainerError
 from trainer.optim import FINETUNE_LR, FINETUNE_WEIGHT_DECAY, PRETRAIN_LR, PRETRAIN_WEIGHT_DECAY
 
+# Evaluation reads at most this many held-out videos, a fixed subset shared by the ranks
+# (`--eval-videos`): the reference code's cap. The real train store's held-out eighth is
+# ~480,000 videos; a validate fold ~5,900 (the cap does not bite in fine-tuning).
+EVAL_VIDEOS = 32_000
+
 # name: (batch, steps, max length)            Table 1 / Table 2
 PRETRAIN = {
     "dbof-1": (32, 120_000, None),

@@ -10,7 +10,8 @@ negatives, as a context-agnostic or a context-aware classifier.
   segment encoder initialised from RUN_B's at half the learning rate, and a new FC / SE
   gating / MoE head; the context is the segment's video without its first 6 and last 2
   segments, sampled to Lm without replacement.
-Evaluation on the held-out fold (`--fold K`, §4.1): ROC AUC over the rated labels only
+Evaluation on the held-out fold (`--fold K`, §4.1; the rated segments of at most
+`--eval-videos` of its videos, spread over the ranks): ROC AUC over the rated labels only
 (mined negatives excluded) and the Eq. 2 loss; the best checkpoint is the highest AUC.
 """
 from __future__ import annotations
@@ -25,7 +26,7 @@ from trainer.errors import TrainerError
 from trainer.losses import segment_loss
 from trainer.metrics import SegmentEvaluation
 from trainer.models.config import config_from_dict, config_to_dict
-from trainer.recipes.defaults import finetune_defaults
+from trainer.recipes.defaults import EVAL_VIDEOS, finetune_defaults
 from trainer.recipes.loop import loop_config, train
 from trainer.recipes.pretrain import train_folds
 from trainer.recipes.runtime import (
@@ -55,6 +56,7 @@ class FinetuneConfig:
     fold: int | None = None
     batch_size: int | None = None  # None: 128 (§4.2)
     max_len: int | None = None  # aware: the context's Lm; None: 150 (Table 4)
+    eval_videos: int = EVAL_VIDEOS  # the held-out fold's fixed subset (`--eval-videos`)
     threads: int = 2
     device: str = "auto"
 
@@ -88,7 +90,7 @@ class SegmentTask:
         return segment_loss(self.forward(net, batch), batch.class_index, batch.score,
                             batch.negatives, valid=batch.valid)
 
-    def evaluate(self, model) -> dict:
+    def evaluate(self, model) -> SegmentEvaluation:
         ev = SegmentEvaluation()
         for batch in self.eval_loader:
             out = self.forward(model, batch)
@@ -96,7 +98,7 @@ class SegmentTask:
             loss = segment_loss(out, batch.class_index, batch.score, batch.negatives,
                                 reduction="none")
             ev.update(rated, batch.score, loss, batch.valid)
-        return ev.compute()
+        return ev
 
 
 def build_model(cfg: FinetuneConfig):
@@ -145,7 +147,8 @@ def run(cfg: FinetuneConfig, options: dict, resume: bool = False) -> dict:
         loader = Loader(index, lc)
         evaluation = None
         if cfg.fold is not None:
-            evaluation = Loader(index, eval_config(lc, folds=(cfg.fold,), world_size=1, rank=0))
+            evaluation = Loader(index, eval_config(lc, folds=(cfg.fold,),
+                                                   max_videos=cfg.eval_videos))
         task = SegmentTask(model, cfg.kind == "aware", loader, evaluation)
         rundir.create(config, resume)  # everything checked: training can start
         return train(task, loop, ranks, rundir, config, resume)

@@ -3,7 +3,7 @@
 A recipe (pretrain.py, finetune.py) hands over a *task*: its model, its loaders, its loss
 and its evaluation. The loop owns what is the same for all of them: AdamW over the
 model's parameter groups, the slanted triangular schedule, micro-batches (`accumulate`),
-DDP, mixed precision, gradient clipping, logging, evaluation on rank 0, checkpoints
+DDP, mixed precision, gradient clipping, logging, evaluation shared by the ranks, checkpoints
 (last and best) and exact resume.
 
 Micro-batch k of rank r draws its dropout masks from `step_seed(seed, step, r·K + k)`:
@@ -28,11 +28,19 @@ from trainer.recipes.runtime import (
     RunDir,
     autocast,
     barrier,
+    broadcast,
+    gather,
     has_checkpoint,
     split,
     step_seed,
 )
 from trainer.schedule import slanted_triangular_scheduler
+
+# Save last/ at the first log step after this many minutes without a save, whatever the
+# step counts: an interrupted long run loses at most about this much work (issue #21).
+CHECKPOINT_MINUTES = 30.0
+# The gradient's global norm is clipped to this by default (0: off).
+GRAD_CLIP = 0.0
 
 
 @dataclass(frozen=True)
@@ -46,8 +54,9 @@ class LoopConfig:
     eval_every: int = 100
     log_every: int = 10
     checkpoint_every: int = 0  # save last/ every N steps; 0: every eval_every steps
+    checkpoint_minutes: float = CHECKPOINT_MINUTES  # also save when this long since the last
     accumulate: int = 1  # micro-batches per optimiser step
-    grad_clip: float = 0.0  # max gradient norm; 0: no clipping
+    grad_clip: float = GRAD_CLIP  # max gradient norm; 0: no clipping
     precision: str = "auto"  # trainer/recipes/runtime.py PRECISIONS
     compile: bool = False  # torch.compile the model
     tensorboard: bool = False  # also write TensorBoard logs to RUN/tensorboard
@@ -84,6 +93,7 @@ def train(task, loop: LoopConfig, ranks: Ranks, run: RunDir, config: dict,
     bar = _progress(loop, ranks, start)
     batches = task.loader.forever()
     window = _Window()
+    clock = _SaveClock(loop.checkpoint_minutes)
     model.train()
     for step in range(start, loop.steps):
         t0 = time.perf_counter()
@@ -98,17 +108,17 @@ def train(task, loop: LoopConfig, ranks: Ranks, run: RunDir, config: dict,
                 loss = task.loss(net, part) / len(micro)
             scaler.scale(loss).backward()
             window.loss += loss.detach()
-        if loop.grad_clip > 0:
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), loop.grad_clip)
+        scaler.unscale_(optimizer)  # (a no-op unless fp16)
+        window.grad_norm = torch.maximum(window.grad_norm, _grad_norm(model, loop.grad_clip))
         scaler.step(optimizer)
         scaler.update()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         window.steps += 1
-        window.samples += int(batch.valid.sum()) * ranks.world
+        window.samples += batch.valid.sum() * ranks.world  # on the device: no sync
         done = step + 1
-        if done % loop.log_every == 0 or done == loop.steps:
+        logged = done % loop.log_every == 0 or done == loop.steps
+        if logged:
             record = window.record(done, scheduler.get_last_lr()[0])  # loss.item(): a sync
             run.log(record)
             _board(board, record)
@@ -118,17 +128,19 @@ def train(task, loop: LoopConfig, ranks: Ranks, run: RunDir, config: dict,
         evaluate = task.eval_loader is not None and (done % loop.eval_every == 0
                                                      or done == loop.steps)
         if evaluate:
-            metrics = _evaluate(task, model, ranks, loop, done)
+            metrics = _evaluate(task, model, ranks, loop)
             run.log({"step": done, "split": "eval", **metrics})
             _board(board, {"step": done, "split": "eval", **metrics})
         if evaluate or done == loop.steps or done % (loop.checkpoint_every
-                                                     or loop.eval_every) == 0:
+                                                     or loop.eval_every) == 0 \
+                or (logged and clock.due(ranks)):
             state = {"step": done, "loader": task.loader.state_dict(), "metrics": metrics}
             if ranks.main:
                 keeper.save(model, optimizer, scheduler, state, config) if evaluate else \
                     save_checkpoint(run.path / "last", model, optimizer, scheduler, state, config)
                 run.plot()
             barrier(ranks)
+            clock.reset()
         if bar is not None:
             bar.update(1)
     if bar is not None:
@@ -138,33 +150,61 @@ def train(task, loop: LoopConfig, ranks: Ranks, run: RunDir, config: dict,
     return metrics
 
 
-def _evaluate(task, model, ranks: Ranks, loop: LoopConfig, step: int) -> dict:
-    """The task's evaluation on rank 0 (unwrapped model, eval mode); others wait."""
-    metrics = {}
-    if ranks.main:
-        model.eval()
-        with torch.no_grad(), autocast(ranks, loop.precision):
-            metrics = task.evaluate(model)
-        model.train()
-    barrier(ranks)
-    return metrics
+def _evaluate(task, model, ranks: Ranks, loop: LoopConfig) -> dict:
+    """The task's evaluation, each rank on its share of the held-out samples (unwrapped
+    model, eval mode), merged over the ranks: the numbers one process would compute."""
+    model.eval()
+    with torch.no_grad(), autocast(ranks, loop.precision):
+        evaluation = task.evaluate(model)
+    model.train()
+    if ranks.world > 1:
+        evaluation = type(evaluation).merged(gather(ranks, evaluation.state()))
+    return evaluation.compute()
+
+
+def _grad_norm(model, clip: float) -> torch.Tensor:
+    """The gradients' global 2-norm (before clipping), clipped in place to `clip` when it
+    is positive; a device tensor (no sync)."""
+    params = [p for p in model.parameters() if p.grad is not None]
+    if clip > 0:
+        return torch.nn.utils.clip_grad_norm_(params, clip).detach().float()
+    return torch.nn.utils.get_total_norm([p.grad for p in params]).detach().float()
+
+
+class _SaveClock:
+    """Time since the last save; `due` on every rank at once (rank 0's clock decides)."""
+
+    def __init__(self, minutes: float):
+        self.seconds = minutes * 60.0
+        self.reset()
+
+    def reset(self) -> None:
+        self.t0 = time.monotonic()
+
+    def due(self, ranks: Ranks) -> bool:
+        if self.seconds <= 0:
+            return False
+        return bool(broadcast(ranks, time.monotonic() - self.t0 >= self.seconds))
 
 
 class _Window:
-    """Sums over one logging interval."""
+    """Sums over one logging interval. The loss and the sample count stay device tensors
+    until `record` reads them (at a log step, the loop's one CPU-GPU sync point)."""
 
     def __init__(self):
         self.reset()
 
     def reset(self) -> None:
         self.loss, self.steps, self.samples, self.wait = 0.0, 0, 0, 0.0
+        self.grad_norm = torch.zeros(())  # the largest over the window (pre-clipping)
         self.t0 = time.perf_counter()
 
     def record(self, step: int, lr: float) -> dict:
         elapsed = time.perf_counter() - self.t0
         loss = float(self.loss) / max(self.steps, 1)
         out = {"step": step, "split": "train", "loss": loss, "lr": lr,
-               "samples_per_s": self.samples / elapsed, "data_wait": self.wait / elapsed}
+               "samples_per_s": float(self.samples) / elapsed, "data_wait": self.wait / elapsed,
+               "grad_norm": float(self.grad_norm)}
         self.reset()
         return out
 

@@ -4,7 +4,8 @@ classes, Eq. 1, `Lm` frames per video sampled without replacement.
     train pretrain --store STORE --model nxvlad-2 --out RUN [--fold K] [--steps ...]
 
 Each named variant defaults to its row of the paper's Table 1 or 2 (batch, steps, max
-length; `defaults.py`). With `--fold K` the store's fold K is held out and evaluated every
+length; `defaults.py`). With `--fold K` the store's fold K is held out and a fixed subset of
+it (at most `--eval-videos`, default 32,000, spread over the ranks) evaluated every
 `--eval-every` steps: Eq. 1 log loss, recall and precision of the positive labels at 0.5
 (the paper's columns); the best checkpoint is the lowest evaluation loss.
 """
@@ -19,7 +20,7 @@ from trainer.errors import TrainerError
 from trainer.losses import video_loss
 from trainer.metrics import VideoEvaluation
 from trainer.models.config import VideoModelConfig, config_to_dict
-from trainer.recipes.defaults import pretrain_defaults
+from trainer.recipes.defaults import EVAL_VIDEOS, pretrain_defaults
 from trainer.recipes.loop import LoopConfig, loop_config, train
 from trainer.recipes.runtime import (
     RunDir,
@@ -45,6 +46,7 @@ class PretrainConfig:
     batch_size: int | None = None  # None: the variant's (defaults.py)
     max_len: int | None = None  # None with whole_videos False: the variant's
     whole_videos: bool = False  # Lm = ∞
+    eval_videos: int = EVAL_VIDEOS  # the held-out fold's fixed subset (`--eval-videos`)
     threads: int = 2
     device: str = "auto"
 
@@ -64,13 +66,13 @@ class VideoTask:
     def loss(self, net, batch) -> torch.Tensor:
         return video_loss(net(batch.frames, batch.mask), batch.labels, valid=batch.valid)
 
-    def evaluate(self, model) -> dict:
+    def evaluate(self, model) -> VideoEvaluation:
         ev = VideoEvaluation()
         for batch in self.eval_loader:
             out = model(batch.frames, batch.mask)
             ev.update(out.probs(), batch.labels, video_loss(out, batch.labels, reduction="none"),
                       batch.valid)
-        return ev.compute()
+        return ev
 
 
 def resolve(cfg: PretrainConfig, options: dict) -> tuple[PretrainConfig, LoopConfig]:
@@ -107,7 +109,8 @@ def run(cfg: PretrainConfig, options: dict, resume: bool = False) -> dict:
         loader = Loader(index, lc)
         evaluation = None
         if cfg.fold is not None:
-            evaluation = Loader(index, eval_config(lc, folds=(cfg.fold,), world_size=1, rank=0))
+            evaluation = Loader(index, eval_config(lc, folds=(cfg.fold,),
+                                                   max_videos=cfg.eval_videos))
         torch.manual_seed(step_seed(loop.seed, -1, 0))  # the initial weights
         task = VideoTask(build(cfg.model), loader, evaluation)
         rundir.create(config, resume)  # everything checked: training can start

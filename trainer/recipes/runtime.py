@@ -21,6 +21,7 @@ import shutil
 import sys
 from contextlib import nullcontext
 from dataclasses import dataclass, fields
+from datetime import timedelta
 from pathlib import Path
 
 import torch
@@ -29,6 +30,10 @@ import torch.distributed as dist
 from trainer.errors import TrainerError
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+# How long a rank waits at a collective before the run fails, set rather than left to each
+# backend's default (NCCL 10 min, gloo 30 min): the longest wait is the other ranks at a
+# barrier while rank 0 writes a checkpoint and the curves (seconds); evaluation is shared.
+PROCESS_GROUP_TIMEOUT = timedelta(minutes=30)
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
 CURVES = "curves.png"
@@ -62,7 +67,8 @@ def start_ranks(device: str = "auto") -> Ranks:
     else:
         dev = torch.device("cpu")
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo",
+                                timeout=PROCESS_GROUP_TIMEOUT)
     return Ranks(rank, world, dev)
 
 
@@ -93,6 +99,15 @@ def broadcast(ranks: Ranks, value):
     box = [value]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def gather(ranks: Ranks, value) -> list:
+    """Every rank's `value` (any picklable object), in rank order, on every rank."""
+    if ranks.world == 1:
+        return [value]
+    out = [None] * ranks.world
+    dist.all_gather_object(out, value)
+    return out
 
 
 def autocast(ranks: Ranks, precision: str):
