@@ -216,6 +216,22 @@ def shard_file(array: Path, k: int, row_ndim: int) -> Path:
     return Path(array) / "c" / str(k) / "/".join("0" * row_ndim)
 
 
+def shard_file_bytes(rows: int, chunk_rows: int, shard_rows: int, row_bytes: int) -> int:
+    """Size of a shard file of `rows` rows as `ingest.store.writer` writes it: the rows, the
+    last inner chunk zero padded to `chunk_rows`, then the index ((offset, nbytes) uint64
+    per inner chunk of the shard) and its 4-byte CRC-32C. Readers check it before reading."""
+    return (-(-rows // chunk_rows) * chunk_rows * row_bytes
+            + shard_rows // chunk_rows * 16 + 4)
+
+
+def shard_file_problem(path: Path, size: int | None, expected: int, store, part_dir) -> str:
+    """The one-line message for a shard file that is missing (`size` None) or whose size is
+    not the `expected` one of its rows (truncated, or damaged otherwise)."""
+    what = "missing" if size is None else f"{size:,} bytes, expected {expected:,}"
+    return (f"{path}: {what}: the store is damaged; run `ingest verify {store}`, then remove "
+            f"{part_dir} and run `ingest convert` again to convert its shard again")
+
+
 # Parquet schemas of a part's tables (docs/store.md)
 _COMMON = [
     ("video_index", pa.int32()), ("video_id", pa.string()), ("labels", pa.list_(pa.int32())),

@@ -3,34 +3,45 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from numba import typed
 
 from ingest.store.segments import unpack_negatives
 from trainer.data import gather as G
-from trainer.data.index import _ROW_TYPE
+from trainer.data.index import ArrayFiles
 from trainer.data.sampling import sample_keys
 
 WIDTH = 24  # narrow rows keep the test fast; the kernels take the width from the buffers
 
 
 def _files(tmp_path, sizes, width, seed=0):
-    """Parts of shard files of random bytes, mapped read-only as the loader maps them."""
+    """Parts of shard files of random bytes, mapped read-only by the loader's ArrayFiles;
+    (addr, file_base, shard_rows) as the kernels take them, and the ArrayFiles."""
     rng = np.random.default_rng(seed)
-    maps, base, shard_rows = typed.List.empty_list(_ROW_TYPE), [], []
-    for p, (rows, per_file) in enumerate(sizes):
-        base.append(len(maps))
+    paths, rows, base, shard_rows = [], [], [], []
+    for p, (n_rows, per_file) in enumerate(sizes):
+        base.append(len(paths))
         shard_rows.append(per_file)
-        for k in range(-(-rows // per_file)):
-            n = min(per_file, rows - k * per_file)
-            path = tmp_path / f"p{p}_{k}.bin"
-            rng.integers(0, 256, (n, width), dtype=np.uint8).tofile(path)
-            maps.append(np.memmap(path, np.uint8, "r", shape=(n, width)).view(np.ndarray))
-    return maps, np.array(base, np.int64), np.array(shard_rows, np.int64)
+        for k in range(-(-n_rows // per_file)):
+            n = min(per_file, n_rows - k * per_file)
+            paths.append(tmp_path / f"p{p}_{k}.bin")
+            rng.integers(0, 256, (n, width), dtype=np.uint8).tofile(paths[-1])
+            rows.append(n)
+    files = ArrayFiles(paths, np.array(rows, np.int64), np.array(base, np.int64),
+                       np.array(shard_rows, np.int64), width, len(paths), tmp_path,
+                       [f"p{p}" for p in range(len(sizes))])
+    with files.reading(np.zeros(1, np.int64), np.zeros(1, np.int64), np.zeros(1, np.int64)):
+        pass  # all files fit the capacity: every one is mapped now, for good
+    assert files.complete
+    return (files.addr, files.file_base, files.shard_rows), files
 
 
 @pytest.fixture
-def files(tmp_path):
+def mapped(tmp_path):
     return _files(tmp_path, [(1000, 128), (37, 16), (513, 512)], WIDTH)
+
+
+@pytest.fixture
+def files(mapped):
+    return mapped[0]
 
 
 def _videos(rng, n_rows, sizes):
@@ -97,7 +108,7 @@ def test_pack_classes_matches_twin():
         assert set(np.nonzero(bits[i])[0]) == set(classes[offsets[r]:offsets[r + 1]].tolist())
 
 
-def test_fill_segment_matches_twin(files):
+def test_fill_segment_matches_twin(files, mapped):
     """Windows, class, score and packed negatives of random store rows, in one kernel."""
     rng = np.random.default_rng(5)
     n_seg, n_vid = 300, 40
@@ -118,11 +129,12 @@ def test_fill_segment_matches_twin(files):
         np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(outs[0][1], seg_class[rows])
     np.testing.assert_array_equal(outs[0][3], negatives[seg_video[rows]])
-    maps, base, shard_rows = files
-    for i, r in enumerate(rows):  # windows: the stored rows themselves
+    arrays = mapped[1]
+    for i, r in enumerate(rows):  # windows: the stored rows themselves, read from the files
         p, w = seg_part[r], seg_window[r]
-        np.testing.assert_array_equal(outs[0][0][i], maps[base[p] + w // shard_rows[p]][
-            w % shard_rows[p]])
+        f = arrays.file_base[p] + w // arrays.shard_rows[p]
+        stored = np.fromfile(arrays.paths[f], np.uint8).reshape(-1, WIDTH)
+        np.testing.assert_array_equal(outs[0][0][i], stored[w % arrays.shard_rows[p]])
 
 
 @pytest.mark.parametrize("classes", [1000, 13, 8])

@@ -70,6 +70,7 @@ class BenchConfig:
     cold: bool = False
     warmup_batches: int = 2
     seed: int = 0
+    capacity: int | None = None  # shard files of each array mapped at once (None: default)
 
     def loader_config(self) -> LoaderConfig:
         return LoaderConfig(kind=self.kind, batch_size=self.batch_size, max_len=self.max_len,
@@ -106,6 +107,8 @@ class BenchResult:
     file_peak_mb: float  # peak RssFile during the run (mapped store pages)
     disk_read_mb: float  # bytes fetched from storage during the timed part
     disk_read_mb_per_s: float
+    files_mapped_peak: int  # shard files mapped at once, peak (sampled with the memory)
+    maps_made: int  # shard-file mappings made during the timed part
     store_files: int | None = None  # cold: files evicted
     read_files_mb: float | None = None  # cold: bytes of the shard files the kind reads
     seq_read_mb_per_s: float | None = None  # cold: sequential read of those files, evicted
@@ -240,7 +243,7 @@ def run_bench(config: BenchConfig,
     store = open_store(config.store)
     cfg = config.loader_config()
     anon_before, _ = memory_mb()
-    index = StoreIndex.build(store)
+    index = StoreIndex.build(store, config.capacity)
     loader = Loader(index, cfg)
     _warm_up(loader, config.warmup_batches)
     n_files = None
@@ -249,7 +252,7 @@ def run_bench(config: BenchConfig,
         del loader, index
         _released(paths)
         anon_before, _ = memory_mb()  # the first loader's memory is gone: measure again
-        index = StoreIndex.build(store)  # maps only: nothing of the store read yet
+        index = StoreIndex.build(store, config.capacity)  # maps nothing yet, reads no row
         files = store_files(store.path)
         evict(files)
         n_files = len(files)
@@ -264,6 +267,7 @@ def run_bench(config: BenchConfig,
     anon_peak = max(anon_peak, anon_before)  # the allocator may hand pages back meanwhile
     device = torch.device(cfg.device)
     it, batch = iter(loader), None
+    mapped_peak, maps0 = index.mapping_counts()
     read0 = disk_read_bytes()
     cpu0, t0 = time.process_time(), time.perf_counter()
     last_memory = t0
@@ -274,6 +278,7 @@ def run_bench(config: BenchConfig,
         if time.perf_counter() - last_memory >= MEMORY_EVERY_S:
             anon, file_ = memory_mb()
             anon_peak, file_peak = max(anon_peak, anon), max(file_peak, file_)
+            mapped_peak = max(mapped_peak, index.mapping_counts()[0])
             last_memory = time.perf_counter()
         if on_batch is not None:
             on_batch(n, b)
@@ -285,6 +290,8 @@ def run_bench(config: BenchConfig,
     it.close()  # stops and joins the loader threads (outside the timed part)
     anon, file_ = memory_mb()
     anon_peak, file_peak = max(anon_peak, anon), max(file_peak, file_)
+    mapped, maps1 = index.mapping_counts()
+    mapped_peak = max(mapped_peak, mapped)
 
     memcpy = memcpy_rate(nbytes / max(batches, 1))
     rate = nbytes / wall
@@ -297,6 +304,7 @@ def run_bench(config: BenchConfig,
         feature_mb_per_cpu_s=nbytes / max(cpu, 1e-9) / MB, memcpy_mb_per_s=memcpy / MB,
         of_memcpy=rate / memcpy, anon_before_mb=anon_before, anon_peak_mb=anon_peak,
         loader_anon_mb=anon_peak - anon_before, file_peak_mb=file_peak,
+        files_mapped_peak=mapped_peak, maps_made=maps1 - maps0,
         disk_read_mb=read / MB, disk_read_mb_per_s=read / wall / MB, store_files=n_files)
     if config.cold:
         paths = read_paths(index, cfg.kind)

@@ -2,19 +2,62 @@
 
 Each kernel (numba, `nogil`, so loader threads run them in parallel) writes into a
 caller's preallocated, C-contiguous buffer and has a plain numpy twin (`*_numpy`)
-that the tests compare it with. `files`, `file_base`, `shard_rows` are those of an
-`ArrayFiles` (trainer/data/index.py): row r of part p is row `r % shard_rows[p]` of
-`files[file_base[p] + r // shard_rows[p]]`.
+that the tests compare it with. `addr`, `file_base`, `shard_rows` are those of an
+`ArrayFiles` (trainer/data/index.py): row r of part p is row `r % shard_rows[p]` of file
+`f = file_base[p] + r // shard_rows[p]`, mapped at address `addr[f]` (the caller has
+mapped every file the call reads: `ArrayFiles.reading`).
 """
 from __future__ import annotations
 
+import ctypes
+
 import numpy as np
 
-from ingest.codec.wire import copy_bytes
-from ingest.jit import njit
+from ingest.jit import JIT_ENABLED, njit
 from trainer.data.sampling import select_even, select_even_numpy, select_random, select_random_numpy
 
 NO_LIMIT = 1 << 30  # max_len of "whole videos" (paper Table 1: ∞)
+
+if JIT_ENABLED:
+    from llvmlite import ir
+    from numba.core import cgutils, types
+    from numba.extending import intrinsic
+
+    @intrinsic
+    def _memcpy_from(typingctx, dst, dst_off, src, n):
+        """LLVM's memcpy of n bytes from address `src` into a C-contiguous uint8 array at
+        element offset `dst_off`."""
+        sig = types.void(dst, types.intp, types.int64, types.intp)
+
+        def codegen(context, builder, signature, args):
+            d, do, sa, nn = args
+            darr = context.make_array(signature.args[0])(context, builder, d)
+            sp = builder.inttoptr(sa, ir.IntType(8).as_pointer())
+            cgutils.raw_memcpy(builder, builder.gep(darr.data, [do]), sp, nn, 1)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    @njit(inline="always")
+    def copy_from(dst, dst_off, src, n):
+        """dst.flat[dst_off:dst_off + n] = the n bytes at address `src` (a mapped file's),
+        as one memcpy. The caller has checked both ranges."""
+        _memcpy_from(dst, dst_off, src, n)
+
+else:
+
+    def copy_from(dst, dst_off, src, n):
+        """The plain form of the compiled `copy_from` (YT8M_NO_JIT=1)."""
+        ctypes.memmove(dst.ctypes.data + int(dst_off), int(src), int(n))
+
+
+def read_row(addr, file_base, shard_rows, part, r, width) -> np.ndarray:
+    """Row r of part `part`, `(width,)` uint8, a view of the mapped file (numpy; the twins)."""
+    s = int(shard_rows[part])
+    f = int(file_base[part] + r // s)
+    assert addr[f] != 0, f"file {f} is not mapped"
+    ptr = ctypes.cast(int(addr[f]) + int(r % s) * width, ctypes.POINTER(ctypes.c_uint8))
+    return np.ctypeslib.as_array(ptr, (width,))
 
 
 @njit(inline="always")
@@ -26,15 +69,14 @@ def _zero(dst, a, b):
 
 
 @njit(inline="always")
-def _copy_row(files, file_base, shard_rows, part, r, dst, d0, width):
+def _copy_row(addr, file_base, shard_rows, part, r, dst, d0, width):
     """dst[d0:d0 + width] = row r of part `part`."""
     s = shard_rows[part]
-    f = files[file_base[part] + r // s]
-    copy_bytes(dst, d0, f.reshape(-1), (r % s) * width, width)
+    copy_from(dst, d0, addr[file_base[part] + r // s] + (r % s) * width, width)
 
 
 @njit
-def gather_frames_kernel(files, file_base, shard_rows, part, offset, lo, hi, keys, max_len,
+def gather_frames_kernel(addr, file_base, shard_rows, part, offset, lo, hi, keys, max_len,
                          even, out, mask, lengths):
     """Video frames, sampled, into a padded batch.
 
@@ -58,13 +100,13 @@ def gather_frames_kernel(files, file_base, shard_rows, part, offset, lo, hi, key
         d0 = i * length * width
         s = shard_rows[part[i]]
         k = base // s  # a video's frames lie in one or two files: look each up once
-        src = files[file_base[part[i]] + k].reshape(-1)
+        src = addr[file_base[part[i]] + k]
         for j in range(count):
             r = base + pick[j]
             if r // s != k:
                 k = r // s
-                src = files[file_base[part[i]] + k].reshape(-1)
-            copy_bytes(dst, d0 + j * width, src, (r - k * s) * width, width)
+                src = addr[file_base[part[i]] + k]
+            copy_from(dst, d0 + j * width, src + (r - k * s) * width, width)
             mask[i, j] = True
         for j in range(count, length):
             mask[i, j] = False
@@ -72,12 +114,7 @@ def gather_frames_kernel(files, file_base, shard_rows, part, offset, lo, hi, key
         lengths[i] = count
 
 
-def _row_numpy(files, file_base, shard_rows, part, r):
-    s = shard_rows[part]
-    return files[file_base[part] + r // s][r % s]
-
-
-def gather_frames_numpy(files, file_base, shard_rows, part, offset, lo, hi, keys, max_len,
+def gather_frames_numpy(addr, file_base, shard_rows, part, offset, lo, hi, keys, max_len,
                         even, out, mask, lengths):
     """Plain numpy twin of `gather_frames_kernel`."""
     out[:] = 0
@@ -87,19 +124,21 @@ def gather_frames_numpy(files, file_base, shard_rows, part, offset, lo, hi, keys
         count = min(max_len, n)
         pick = select_even_numpy(n, count) if even else select_random_numpy(n, count, keys[i])
         for j, t in enumerate(pick):
-            out[i, j] = _row_numpy(files, file_base, shard_rows, part[i], offset[i] + lo[i] + t)
+            out[i, j] = read_row(addr, file_base, shard_rows, part[i], offset[i] + lo[i] + t,
+                                 out.shape[2])
         mask[i, :count] = True
         lengths[i] = count
 
 
-def gather_rows_numpy(files, file_base, shard_rows, part, row, out):
-    """out[i] = row `row[i]` of part `part[i]` (numpy; the windows of `fill_segment_numpy`)."""
+def gather_rows_numpy(addr, file_base, shard_rows, part, row, out):
+    """out[i] = row `row[i]` of part `part[i]` (numpy; the windows of `fill_segment_numpy`).
+    out: (B, width) uint8."""
     for i in range(out.shape[0]):
-        out[i] = _row_numpy(files, file_base, shard_rows, part[i], row[i])
+        out[i] = read_row(addr, file_base, shard_rows, part[i], row[i], out.shape[1])
 
 
 @njit
-def gather_windows_kernel(files, file_base, shard_rows, part, offset, lo, hi, pad_left, out):
+def gather_windows_kernel(addr, file_base, shard_rows, part, offset, lo, hi, pad_left, out):
     """Expanded windows from frames: out[i, pad_left[i] + k] = frame lo[i] + k of the video
     (first frame `offset[i]` of part `part[i]`) for k < hi - lo; zero elsewhere.
     out: (B, 11, F) uint8."""
@@ -111,18 +150,18 @@ def gather_windows_kernel(files, file_base, shard_rows, part, offset, lo, hi, pa
         m = hi[i] - lo[i]
         _zero(dst, d0, a)
         for k in range(m):
-            _copy_row(files, file_base, shard_rows, part[i], offset[i] + lo[i] + k, dst,
+            _copy_row(addr, file_base, shard_rows, part[i], offset[i] + lo[i] + k, dst,
                       a + k * width, width)
         _zero(dst, a + m * width, d0 + win * width)
 
 
-def gather_windows_numpy(files, file_base, shard_rows, part, offset, lo, hi, pad_left, out):
+def gather_windows_numpy(addr, file_base, shard_rows, part, offset, lo, hi, pad_left, out):
     """Plain numpy twin of `gather_windows_kernel`."""
     out[:] = 0
     for i in range(out.shape[0]):
         for k in range(int(hi[i] - lo[i])):
-            out[i, pad_left[i] + k] = _row_numpy(files, file_base, shard_rows, part[i],
-                                                 offset[i] + lo[i] + k)
+            out[i, pad_left[i] + k] = read_row(addr, file_base, shard_rows, part[i],
+                                               offset[i] + lo[i] + k, out.shape[2])
 
 
 @njit
@@ -146,7 +185,7 @@ def pack_classes_numpy(offsets, classes, rows, out):
 
 
 @njit
-def fill_segment_kernel(files, file_base, shard_rows, seg_part, seg_window, seg_class,
+def fill_segment_kernel(addr, file_base, shard_rows, seg_part, seg_window, seg_class,
                         seg_score, seg_video, negatives, rows, windows, class_index, score,
                         packed):
     """A segment batch's fields for store rows `rows (B,)`, in one call (no per-field Python):
@@ -156,17 +195,17 @@ def fill_segment_kernel(files, file_base, shard_rows, seg_part, seg_window, seg_
     dst = windows.reshape(-1)
     for i in range(rows.shape[0]):
         r = rows[i]
-        _copy_row(files, file_base, shard_rows, seg_part[r], seg_window[r], dst, i * width, width)
+        _copy_row(addr, file_base, shard_rows, seg_part[r], seg_window[r], dst, i * width, width)
         class_index[i] = seg_class[r]
         score[i] = seg_score[r]
         packed[i, :] = negatives[seg_video[r]]
 
 
-def fill_segment_numpy(files, file_base, shard_rows, seg_part, seg_window, seg_class,
+def fill_segment_numpy(addr, file_base, shard_rows, seg_part, seg_window, seg_class,
                        seg_score, seg_video, negatives, rows, windows, class_index, score,
                        packed):
     """Plain numpy twin of `fill_segment_kernel`."""
-    gather_rows_numpy(files, file_base, shard_rows, seg_part[rows], seg_window[rows], windows)
+    gather_rows_numpy(addr, file_base, shard_rows, seg_part[rows], seg_window[rows], windows)
     class_index[:] = seg_class[rows]
     score[:] = seg_score[rows]
     packed[:] = negatives[seg_video[rows]]

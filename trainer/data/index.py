@@ -1,76 +1,219 @@
-"""The store as flat numpy columns and memory-mapped files: what the loader's kernels read.
+"""The store as flat numpy columns and shard files mapped on demand: what the loader's kernels read.
 
 `StoreIndex.build(store)` reads a store's tables once (through the reader API of
-`ingest.store`) into numpy columns indexed by store-wide rows, and maps every Zarr
-shard file of the frames and windows arrays read-only. Nothing is copied into
-memory: the kernels gather rows straight from the page cache, so a store larger than
-RAM works and the loader's own memory stays bounded by its batch buffers.
+`ingest.store`) into numpy columns indexed by store-wide rows. The Zarr shard files of the
+frames and windows arrays are mapped read-only when a batch first needs them, at most
+`ArrayFiles.capacity` of each array at once (docs/loader.md `## Memory maps`): a process
+may hold only `vm.max_map_count` maps (65,530 by default on Linux) and every map keeps a
+file descriptor open, while the real train store has ~51,000 frame shard files. Nothing is
+copied into memory: the kernels gather rows straight from the page cache, so a store
+larger than RAM works and the loader's own memory stays bounded by its batch buffers.
 
 A row r of a part's array lives in shard file `r // shard_rows` of that part at row
 `r % shard_rows` (docs/store.md: uncompressed shards begin with their rows). Files of
-all parts sit in one list (a numba typed list of 2-D uint8 arrays); part p's k-th
-file is `files[file_base[p] + k]`.
+all parts are numbered in one sequence; part p's k-th file is file `file_base[p] + k`, and
+`addr[f]` is the address of file f's first row while it is mapped (0 otherwise).
 """
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import mmap
+import os
+import resource
+import threading
+from collections import OrderedDict
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
 import numpy as np
-from numba import typed, typeof
 
 from ingest.codec.video import FRAME_BYTES
 from ingest.store import Store, StoreError, open_store
-from ingest.store.layout import PARTS, shard_file
+from ingest.store.layout import PARTS, shard_file, shard_file_bytes, shard_file_problem
 from ingest.store.segments import WINDOW_FRAMES
+
+MAPPED_FILES_MAX = 1024  # shard files of one array mapped at once, at most (each holds an fd)
+
+
+def default_capacity() -> int:
+    """Files of one array mapped at once: MAPPED_FILES_MAX, or a quarter of the process's
+    open-file limit if that is lower (each map holds a descriptor; frames and windows each
+    take their capacity)."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return MAPPED_FILES_MAX
+    return max(16, min(MAPPED_FILES_MAX, soft // 4))
 
 
 @dataclass
 class ArrayFiles:
-    """The shard files of one Zarr array in every part, memory-mapped.
+    """The shard files of one Zarr array in every part, mapped on demand.
 
-    files: typed list of `(rows_k, width)` uint8 arrays; `file_base (P,)` int64: index of
-    part p's first file; `shard_rows (P,)` int64: rows per shard file of part p.
+    `paths` and `rows (F,)` int64: every file and its row count, in file order;
+    `file_base (P,)` int64: part p's first file; `shard_rows (P,)` int64: rows per shard
+    file of part p; `width`: bytes per row; `addr (F,)` int64: where file f's rows are
+    mapped, 0 while unmapped. Readers bracket a kernel with `reading(part, first, last)`,
+    which maps the files holding those rows and keeps them mapped until it exits (pinned);
+    at most `capacity` files stay mapped
+    (the least recently read unpinned one is unmapped first), more only while the batches
+    in flight pin more. An array of at most `capacity` files is mapped whole on first read
+    and stays so (`complete`: readers skip the bookkeeping).
     """
 
-    files: typed.List
+    paths: list[Path]
+    rows: np.ndarray
     file_base: np.ndarray
     shard_rows: np.ndarray
-    paths: list[Path]  # every file, in list order (for --cold eviction and byte counts)
+    width: int
+    capacity: int
+    store: Path  # for messages
+    parts: list[str]
+    addr: np.ndarray = field(init=False)
+    complete: bool = field(init=False)
+    maps_made: int = field(init=False, default=0)  # mappings made so far (tests, benchmarks)
+
+    def __post_init__(self):
+        self.addr = np.zeros(len(self.paths), np.int64)
+        self.complete = len(self.paths) == 0
+        self._pins = np.zeros(len(self.paths), np.int64)
+        self._maps: OrderedDict[int, mmap.mmap] = OrderedDict()  # mapped files, LRU first
+        self._lock = threading.Lock()
 
     @classmethod
-    def open(cls, root: Path, parts: list[str], name: str, width: int) -> ArrayFiles:
-        maps, paths, base, shard_rows = [], [], [], []
-        for part in parts:
-            array = root / PARTS / part / name
+    def open(cls, store: Store, name: str, width: int, capacity: int | None = None
+             ) -> ArrayFiles:
+        """The array `name` (frames.zarr, windows.zarr) of every part of `store`; each file's
+        size is checked here (a missing or truncated one is a one-line StoreError), nothing
+        is mapped yet."""
+        paths, rows, base, shard_rows = [], [], [], []
+        for part in store.parts:
+            array = store.path / PARTS / part / name
             meta = json.loads((array / "zarr.json").read_text())
             shape = meta["shape"]
-            rows = meta["chunk_grid"]["configuration"]["chunk_shape"][0]
+            per_file = meta["chunk_grid"]["configuration"]["chunk_shape"][0]
+            chunk = meta["codecs"][0]["configuration"]["chunk_shape"][0]
             if int(np.prod(shape[1:])) != width:
                 raise StoreError(f"{array}: rows of {shape[1:]}, expected {width} bytes")
-            base.append(len(maps))
-            shard_rows.append(rows)
-            for k in range(-(-shape[0] // rows)):
-                n = min(rows, shape[0] - k * rows)
+            base.append(len(paths))
+            shard_rows.append(per_file)
+            for k in range(-(-shape[0] // per_file)):
+                n = min(per_file, shape[0] - k * per_file)
                 path = shard_file(array, k, len(shape) - 1)
-                m = np.memmap(path, np.uint8, "r", shape=(n, width))
-                maps.append(m.view(np.ndarray))  # a plain ndarray over the mapping, for numba
+                size = _size(path)
+                if size != (want := shard_file_bytes(n, chunk, per_file, width)):
+                    raise StoreError(shard_file_problem(path, size, want, store.path,
+                                                        store.path / PARTS / part))
                 paths.append(path)
-        files = typed.List.empty_list(_ROW_TYPE)
-        for m in maps:
-            files.append(m)
-        return cls(files, np.asarray(base, np.int64), np.asarray(shard_rows, np.int64), paths)
+                rows.append(n)
+        return cls(paths, np.asarray(rows, np.int64), np.asarray(base, np.int64),
+                   np.asarray(shard_rows, np.int64), width,
+                   default_capacity() if capacity is None else max(1, capacity),
+                   store.path, list(store.parts))
+
+    # ------------------------------------------------------------ which files a batch reads
+    def ids(self, part: np.ndarray, first: np.ndarray, last: np.ndarray) -> np.ndarray:
+        """Sorted file ids holding rows `[first[i], last[i]]` of part `part[i]` (entries with
+        last < first read nothing)."""
+        keep = last >= first
+        part, first, last = part[keep], first[keep], last[keep]
+        s = self.shard_rows[part]
+        a = self.file_base[part] + first // s
+        b = self.file_base[part] + last // s
+        span = b - a
+        if len(span) and span.max() > 1:  # rows over more than two files: every file between
+            a = np.repeat(a, span + 1) + _ramps(span + 1)
+        return np.unique(np.concatenate([a, b]))
+
+    @contextmanager
+    def reading(self, part: np.ndarray, first: np.ndarray, last: np.ndarray):
+        """The files holding rows `[first[i], last[i]]` of parts `part[i]` mapped (their
+        `addr` set) inside the block, and not unmapped by another thread before it exits."""
+        if self.complete:  # every file mapped for good: nothing to look up
+            yield
+            return
+        ids = self.ids(part, first, last)
+        self._acquire(ids)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._pins[ids] -= 1
+                while len(self._maps) > self.capacity and self._evict_one():
+                    pass  # back to the capacity (more were mapped while pins held them)
+
+    def _acquire(self, ids: np.ndarray) -> None:
+        with self._lock:
+            self._pins[ids] += 1
+            try:
+                for f in (range(len(self.paths)) if len(self.paths) <= self.capacity
+                          else ids.tolist()):  # all fit: map them all, once
+                    if f in self._maps:
+                        self._maps.move_to_end(f)
+                        continue
+                    if len(self._maps) >= self.capacity:
+                        self._evict_one()
+                    self._map(f)
+            except BaseException:
+                self._pins[ids] -= 1
+                raise
+            self.complete = len(self._maps) == len(self.paths) <= self.capacity
+
+    def _evict_one(self) -> bool:
+        """Unmap the least recently read file that no batch in flight reads; False if every
+        mapped file is being read."""
+        for f in self._maps:
+            if self._pins[f] == 0:
+                self.addr[f] = 0
+                self._maps.pop(f).close()
+                return True
+        return False
+
+    def _map(self, f: int) -> None:
+        path, nbytes = self.paths[f], int(self.rows[f]) * self.width
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            size = os.fstat(fd).st_size
+            if size < nbytes:  # changed since the index checked it
+                part = self.parts[int(np.searchsorted(self.file_base, f, "right")) - 1]
+                raise StoreError(shard_file_problem(path, size, nbytes, self.store,
+                                                    self.store / PARTS / part))
+            m = mmap.mmap(fd, nbytes, prot=mmap.PROT_READ)  # keeps its own descriptor
+        finally:
+            os.close(fd)
+        view = np.frombuffer(m, np.uint8)
+        self.addr[f] = view.ctypes.data
+        del view  # no export left: close() can unmap
+        self._maps[f] = m
+        self.maps_made += 1
+
+    def mapped(self) -> list[int]:
+        """Ids of the files mapped now, least recently read first."""
+        with self._lock:
+            return list(self._maps)
+
+    def close(self) -> None:
+        """Unmap every file (a later read maps them again)."""
+        with self._lock:
+            for f, m in self._maps.items():
+                self.addr[f] = 0
+                m.close()
+            self._maps.clear()
+            self.complete = len(self.paths) == 0
 
 
-def _readonly_2d() -> np.ndarray:
-    a = np.zeros((1, 1), np.uint8)
-    a.setflags(write=False)
-    return a
+def _ramps(counts: np.ndarray) -> np.ndarray:
+    """0, 1, .., counts[0] - 1, 0, 1, .., counts[1] - 1, ... (int64)."""
+    ends = np.cumsum(counts)
+    return np.arange(ends[-1] if len(ends) else 0) - np.repeat(ends - counts, counts)
 
 
-_ROW_TYPE = typeof(_readonly_2d())  # numba type of a mapped file: 2-D C-contiguous read-only uint8
+def _size(path: Path) -> int | None:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return None
 
 
 def _column(table, name: str, dtype) -> np.ndarray:
@@ -87,13 +230,15 @@ class StoreIndex:
     `negatives (V, 125)` uint8 packed mined negatives; segments `(S,)`: `seg_video`,
     `seg_part`, `seg_window` (row in its part's windows), `seg_class`, `seg_score`,
     `seg_usable` (inside the video and a segment class); candidates `(N,)`:
-    `cand_video`, `cand_lo`, `cand_hi`, `cand_pad_left`.
+    `cand_video`, `cand_lo`, `cand_hi`, `cand_pad_left`. Shard files: `frames` and
+    (on first use) `windows`, each an `ArrayFiles`.
     """
 
-    def __init__(self, store: Store):
+    def __init__(self, store: Store, capacity: int | None = None):
         self.store = store
+        self.capacity = capacity
         v = store.videos
-        self.frames = ArrayFiles.open(store.path, store.parts, "frames.zarr", FRAME_BYTES)
+        self.frames = ArrayFiles.open(store, "frames.zarr", FRAME_BYTES, capacity)
         self.video_part = _column(v, "part_index", np.int64)
         self.frame_offset = _column(v, "frame_offset", np.int64)
         self.n_frames = _column(v, "n_frames", np.int64)
@@ -104,13 +249,15 @@ class StoreIndex:
         self.label_classes = classes.explode().drop_nulls().to_numpy().astype(np.int16)
 
     @classmethod
-    def build(cls, store: Store | str | Path) -> StoreIndex:
-        return cls(store if isinstance(store, Store) else open_store(store))
+    def build(cls, store: Store | str | Path, capacity: int | None = None) -> StoreIndex:
+        """The index of a store (a path or an open Store); `capacity`: shard files of each
+        array mapped at once, at most (default `default_capacity()`)."""
+        return cls(store if isinstance(store, Store) else open_store(store), capacity)
 
     @cached_property
     def windows(self) -> ArrayFiles:
-        s = self.store
-        return ArrayFiles.open(s.path, s.parts, "windows.zarr", WINDOW_FRAMES * FRAME_BYTES)
+        return ArrayFiles.open(self.store, "windows.zarr", WINDOW_FRAMES * FRAME_BYTES,
+                               self.capacity)
 
     @cached_property
     def negatives(self) -> np.ndarray:
@@ -142,6 +289,19 @@ class StoreIndex:
     cand_lo = property(lambda self: self._candidates["lo"])
     cand_hi = property(lambda self: self._candidates["hi"])
     cand_pad_left = property(lambda self: self._candidates["pad_left"])
+
+    def _arrays(self) -> list[ArrayFiles]:
+        return [self.frames] + ([self.windows] if "windows" in self.__dict__ else [])
+
+    def close(self) -> None:
+        """Unmap every shard file now (they are mapped again if the index is read again)."""
+        for a in self._arrays():
+            a.close()
+
+    def mapping_counts(self) -> tuple[int, int]:
+        """(shard files mapped now, mappings made so far), frames and windows together."""
+        return (sum(len(a.mapped()) for a in self._arrays()),
+                sum(a.maps_made for a in self._arrays()))
 
     @property
     def n_videos(self) -> int:

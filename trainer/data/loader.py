@@ -387,11 +387,13 @@ class Loader:
 
     def _frames_into(self, slot, prefix, video, lo, hi, keys, dims, even):
         ix, f = self.index, self.index.frames
-        G.gather_frames_kernel(
-               f.files, f.file_base, f.shard_rows, ix.video_part[video], ix.frame_offset[video],
-               lo, hi, keys, self.config.frames_cap, even, slot.view(prefix, dims),
-               slot.view(f"{prefix}_mask" if prefix == "context" else "mask", dims),
-               np.empty(len(video), np.int64))
+        part, first = ix.video_part[video], ix.frame_offset[video] + lo
+        with f.reading(part, first, first + (hi - lo) - 1):
+            G.gather_frames_kernel(
+                f.addr, f.file_base, f.shard_rows, part, ix.frame_offset[video], lo, hi, keys,
+                self.config.frames_cap, even, slot.view(prefix, dims),
+                slot.view(f"{prefix}_mask" if prefix == "context" else "mask", dims),
+                np.empty(len(video), np.int64))
 
     def _padded_len(self, lengths: np.ndarray) -> int:
         c = self.config
@@ -418,11 +420,13 @@ class Loader:
         ix = self.index
         dims = dims or {"B": len(rows)}
         w = ix.windows
-        G.fill_segment_kernel(w.files, w.file_base, w.shard_rows, ix.seg_part, ix.seg_window,
-                              ix.seg_class, ix.seg_score, ix.seg_video, ix.negatives, rows,
-                              slot.view("windows", dims).reshape(len(rows), -1),
-                              slot.view("class_index", dims), slot.view("score", dims),
-                              slot.view("negatives", dims))
+        window = ix.seg_window[rows]
+        with w.reading(ix.seg_part[rows], window, window):
+            G.fill_segment_kernel(w.addr, w.file_base, w.shard_rows, ix.seg_part, ix.seg_window,
+                                  ix.seg_class, ix.seg_score, ix.seg_video, ix.negatives, rows,
+                                  slot.view("windows", dims).reshape(len(rows), -1),
+                                  slot.view("class_index", dims), slot.view("score", dims),
+                                  slot.view("negatives", dims))
         self._rows_and_valid(slot, dims, rows, valid)
         return dims
 
@@ -442,9 +446,11 @@ class Loader:
         videos = video[first]
         dims = {"B": len(rows), "V": len(videos), "L": 1}
         f = ix.frames
-        G.gather_windows_kernel(f.files, f.file_base, f.shard_rows, ix.video_part[video],
-                                ix.frame_offset[video], ix.cand_lo[rows], ix.cand_hi[rows],
-                                ix.cand_pad_left[rows], slot.view("windows", dims))
+        part, row = ix.video_part[video], ix.frame_offset[video] + ix.cand_lo[rows]
+        with f.reading(part, row, row + (ix.cand_hi[rows] - ix.cand_lo[rows]) - 1):
+            G.gather_windows_kernel(f.addr, f.file_base, f.shard_rows, part,
+                                    ix.frame_offset[video], ix.cand_lo[rows], ix.cand_hi[rows],
+                                    ix.cand_pad_left[rows], slot.view("windows", dims))
         slot.view("video_slot", dims)[:] = np.cumsum(first) - 1
         self._rows_and_valid(slot, dims, rows, valid)
         if self.config.with_context:
