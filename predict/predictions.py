@@ -264,6 +264,8 @@ def check_output(npy_path, overwrite: bool = False) -> None:
     could not write or would replace unasked: `folder_problem`, either file existing
     (unless `overwrite`) or being a directory."""
     path = Path(npy_path)
+    if path.name == ".npy":  # `--out ''` or `--out DIR/.npy`: hidden files named .npy
+        raise PredictionError(f"{path}: no NAME before .npy (give PRED_DIR/NAME)")
     if (problem := folder_problem(path)) is not None:
         raise PredictionError(f"{path}: {problem}")
     for p in (path, sidecar_path(path)):

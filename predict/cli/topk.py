@@ -8,7 +8,7 @@ import click
 from ingest.outputs import folder_problem
 from predict.cli.options import k_option
 from predict.predictions import open_ensemble, sidecar_path
-from predict.submission import SubmissionError, write_submission
+from predict.submission import HEADER, SubmissionError, write_submission
 from predict.topk import top_k
 
 # numba's OpenMP threads spin at each of top_k's ~3,300 barriers (1.7M rows) by default:
@@ -29,9 +29,13 @@ def _one_file(a, b) -> bool:
 
 def check_paths(predictions, out) -> None:
     """Refuse an --out that is one of the inputs or their sidecars (the CSV would replace
-    it) or that cannot be written (`folder_problem`, unless it is a device or a pipe,
-    written in place); warn of a prediction file given
-    twice (its scores would count twice in the mean)."""
+    it), an existing file that is not a submission (an earlier submission is replaced),
+    or one that cannot be written (`folder_problem`, unless it is a device or a pipe,
+    written in place); warn of a prediction file given twice (its scores would count
+    twice in the mean)."""
+    if not os.path.basename(out) or os.path.isdir(out):  # `--out ''`, `--out dir/`
+        raise SubmissionError(f"--out {out!r}: give the submission's file name (such as "
+                              "submission.csv)")
     for i, pred in enumerate(predictions):
         for given in (pred, sidecar_path(pred)):
             if _one_file(out, given):
@@ -41,9 +45,23 @@ def check_paths(predictions, out) -> None:
         if first is not None:
             click.echo(f"warning: {pred} is given twice (also as {first}): its scores count "
                        "twice in the mean", err=True)
+    if os.path.isfile(out) and _not_a_submission(out):
+        raise SubmissionError(f"{out}: exists and is not a submission (it does not start with "
+                              f"{HEADER!r}); remove it or give another --out")
     in_place = os.path.exists(out) and not os.path.isfile(out)  # /dev/null, a pipe
     if not in_place and (problem := folder_problem(out)) is not None:
         raise SubmissionError(f"{out}: {problem}")
+
+
+def _not_a_submission(path) -> bool:
+    """A non-empty file whose first bytes are not the submission header (one that cannot
+    be read is left to the writer's own error)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(HEADER))
+    except OSError:
+        return False
+    return bool(head) and head != HEADER.encode()
 
 
 @click.command("topk")

@@ -305,6 +305,24 @@ def test_topk_refuses_an_output_that_is_an_input(world, target):
     assert {p.name: p.read_bytes() for p in world.iterdir() if p.is_file()} == before
 
 
+def test_topk_replaces_a_submission_but_no_other_file(world, monkeypatch):
+    """(Before: `--out STORE/manifest.json` replaced a store's manifest by the CSV.)"""
+    out = world / "sub.csv"
+    assert run("topk", world / "perfect.npy", "--out", out, "--k", 5).exit_code == 0
+    res = run("topk", world / "noise.npy", "--out", out, "--k", 5)  # an earlier submission
+    assert res.exit_code == 0, res.output
+    (world / "manifest.json").write_text('{"format_version": 3}')
+    one_line_error(run("topk", world / "perfect.npy", "--out", world / "manifest.json"),
+                   f"{world / 'manifest.json'}: exists and is not a submission (it does not "
+                   "start with 'Class,Segments'); remove it or give another --out")
+    assert (world / "manifest.json").read_text() == '{"format_version": 3}'
+    monkeypatch.chdir(world)
+    for name in ("", "missing/"):
+        one_line_error(run("topk", "perfect.npy", "--out", name),
+                       f"--out {name!r}: give the submission's file name")
+    assert not (world / "missing").exists()
+
+
 def test_topk_warns_of_a_file_given_twice(world, monkeypatch):
     monkeypatch.chdir(world)
     res = run("topk", "perfect.npy", world / "perfect.npy", "noise.npy", "--out", "o.csv",

@@ -174,6 +174,8 @@ def test_an_unwritable_output_is_one_line_and_leaves_nothing(tmp_path, runs, tes
         out = tmp_path / name.split(".")[0]
         assert f"{tmp_path / name}: is a directory" in _refused(testset_store, runs / "ag", out)
         assert not any((tmp_path / name).iterdir())
+    line = _refused(testset_store, runs / "ag", tmp_path / ".npy")  # `--out ''` is `.npy`
+    assert line == f"Error: {tmp_path / '.npy'}: no NAME before .npy (give PRED_DIR/NAME)"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "q.npy", "r.segments.parquet"]
 
 
