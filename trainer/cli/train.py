@@ -47,6 +47,9 @@ _COMMON = [
                  show_default=True,
                  help="Evaluate a fixed subset of at most N held-out videos (shared by the "
                       "ranks)."),
+    click.option("--sync-bn", is_flag=True,
+                 help="Under torchrun: batch-norm statistics over every rank's rows (the "
+                      "global batch), not each rank's own."),
     click.option("--threads", type=click.IntRange(min=1), default=2, show_default=True,
                  help="Loader threads."),
     click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",

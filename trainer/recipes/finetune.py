@@ -38,6 +38,7 @@ from trainer.recipes.runtime import (
     start_ranks,
     step_seed,
     stop_ranks,
+    with_sync_bn,
 )
 from trainer.registry import VARIANTS, aware_config, build_config
 
@@ -57,6 +58,7 @@ class FinetuneConfig:
     batch_size: int | None = None  # None: 128 (§4.2)
     max_len: int | None = None  # aware: the context's Lm; None: 150 (Table 4)
     eval_videos: int = EVAL_VIDEOS  # the held-out fold's fixed subset (`--eval-videos`)
+    sync_bn: bool = False  # batch statistics over every rank's rows (`--sync-bn`)
     threads: int = 2
     device: str = "auto"
 
@@ -149,7 +151,8 @@ def run(cfg: FinetuneConfig, options: dict, resume: bool = False) -> dict:
         if cfg.fold is not None:
             evaluation = Loader(index, eval_config(lc, folds=(cfg.fold,),
                                                    max_videos=cfg.eval_videos))
-        task = SegmentTask(model, cfg.kind == "aware", loader, evaluation)
+        task = SegmentTask(with_sync_bn(model, cfg.sync_bn, ranks), cfg.kind == "aware", loader,
+                           evaluation)
         rundir.create(config, resume)  # everything checked: training can start
         return train(task, loop, ranks, rundir, config, resume)
     finally:

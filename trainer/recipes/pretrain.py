@@ -30,6 +30,7 @@ from trainer.recipes.runtime import (
     start_ranks,
     step_seed,
     stop_ranks,
+    with_sync_bn,
 )
 from trainer.registry import VARIANTS, build
 
@@ -47,6 +48,7 @@ class PretrainConfig:
     max_len: int | None = None  # None with whole_videos False: the variant's
     whole_videos: bool = False  # Lm = ∞
     eval_videos: int = EVAL_VIDEOS  # the held-out fold's fixed subset (`--eval-videos`)
+    sync_bn: bool = False  # batch statistics over every rank's rows (`--sync-bn`)
     threads: int = 2
     device: str = "auto"
 
@@ -112,7 +114,7 @@ def run(cfg: PretrainConfig, options: dict, resume: bool = False) -> dict:
             evaluation = Loader(index, eval_config(lc, folds=(cfg.fold,),
                                                    max_videos=cfg.eval_videos))
         torch.manual_seed(step_seed(loop.seed, -1, 0))  # the initial weights
-        task = VideoTask(build(cfg.model), loader, evaluation)
+        task = VideoTask(with_sync_bn(build(cfg.model), cfg.sync_bn, ranks), loader, evaluation)
         rundir.create(config, resume)  # everything checked: training can start
         return train(task, loop, ranks, rundir, config, resume)
     finally:

@@ -82,6 +82,16 @@ def cpu_threads(ranks: Ranks, loader_threads: int) -> None:
         torch.set_num_threads(max(1, (cores or 1) // ranks.world - loader_threads))
 
 
+def with_sync_bn(model, sync_bn: bool, ranks: Ranks):
+    """`model` with its batch norms synchronised over the ranks (`--sync-bn`,
+    trainer/layers/sync_batchnorm.py) when asked and there are several ranks."""
+    if sync_bn and ranks.world > 1:
+        from trainer.layers.sync_batchnorm import convert_sync_batchnorm
+
+        return convert_sync_batchnorm(model)
+    return model
+
+
 def stop_ranks() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
