@@ -40,19 +40,22 @@ _DEFAULT = SynthConfig()  # the option defaults are the config's, stated once th
               default=_DEFAULT.noise_std, show_default=True,
               help="Frame noise per value (the planted signal's strength against it; the "
                    "demo uses a cleaner world than the default, docs/synth.md).")
+@click.option("--short-ids", is_flag=True,
+              help="4-character video ids as the real dataset's (unique within the call "
+                   "and split) instead of X0_00003_00017.")
 @click.option("--overwrite", is_flag=True,
               help="Replace shards (and truth.parquet) of the same names already in OUT_DIR; "
                    "without it, the command refuses to write over them.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def synth(out_dir: str, split: str, shards: int, videos_per_shard: int, seed: int,
           world_seed: int, min_frames: int, max_frames: int, edge_cases: bool,
-          beyond_end_rate: float, classes: int, noise_std: float, overwrite: bool,
-          quiet: bool) -> None:
+          beyond_end_rate: float, classes: int, noise_std: float, short_ids: bool,
+          overwrite: bool, quiet: bool) -> None:
     """Write synthetic frame-level shards OUT_DIR/<split>-NNNNN-of-MMMMM.tfrecord."""
     config = SynthConfig(out_dir=out_dir, split=split, shards=shards,
                          videos_per_shard=videos_per_shard, seed=seed, world_seed=world_seed,
                          min_frames=min_frames, max_frames=max_frames, edge_cases=edge_cases,
                          beyond_end_rate=beyond_end_rate, classes=classes,
-                         noise_std=noise_std)
+                         noise_std=noise_std, short_ids=short_ids)
     for path in write_synth(config, progress=not quiet, overwrite=overwrite):
         click.echo(str(path))

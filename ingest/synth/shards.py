@@ -40,6 +40,13 @@ SPLITS = ("train", "validate", "test")
 MAX_NOISE_STD = 2.0  # the features span [-2, 2]: more noise than that is saturation, not data
 _SPLIT_CODE = {"train": 1, "validate": 2, "test": 3}  # enters the shard seed
 _ID_PREFIX = {"train": "T", "validate": "V", "test": "X"}
+# --short-ids: 4 characters as the real dataset's ids (e.g. "Ab3x"), the video's number in
+# the call (shard · videos per shard + i) in base 62, offset per split so that the splits of
+# one seed do not share ids. 62^4 = 14,776,336 ids: up to 4.9 M videos per split.
+SHORT_ID_ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+SHORT_ID_LENGTH = 4
+_SHORT_ID_SPLIT = {"train": 0, "validate": 1, "test": 2}
+_SHORT_ID_SPAN = len(SHORT_ID_ALPHABET) ** SHORT_ID_LENGTH // len(_SHORT_ID_SPLIT)
 
 MAX_FRAMES = 300  # at most 300 one-second frames per video (dataset fact)
 RATINGS_PER_VIDEO = 5  # ~5 rated segments per rated video (237,788 ratings in the real data)
@@ -72,6 +79,7 @@ class SynthConfig:
     beyond_end_rate: float = 0.0  # validate: share of rated videos with a rating past the end
     classes: int = N_SEGMENT_CLASSES  # segment classes in use: the most popular N (docs/synth.md)
     noise_std: float = NOISE_STD  # frame noise per value (docs/synth.md, "Signal strength")
+    short_ids: bool = False  # 4-character video ids, as the real dataset's (`short_id`)
 
     def __post_init__(self) -> None:
         if self.split not in SPLITS:
@@ -89,6 +97,9 @@ class SynthConfig:
             raise IngestError(f"--classes must be within 2..{N_SEGMENT_CLASSES}")
         if not 0.0 <= self.noise_std <= MAX_NOISE_STD:
             raise IngestError(f"--noise-std must be within [0, {MAX_NOISE_STD}]")
+        if self.short_ids and self.shards * self.videos_per_shard > _SHORT_ID_SPAN:
+            raise IngestError(f"--short-ids: at most {_SHORT_ID_SPAN:,} videos per call, "
+                              f"got {self.shards * self.videos_per_shard:,}")
 
 
 @dataclass(frozen=True)
@@ -244,8 +255,26 @@ def iter_shard(config: SynthConfig, split: str,
         frames = np.empty((n, FRAME_BYTES), np.uint8)
         _render(topic, seg_add[:n_seg], noise, scale, frames)
         ratings = _draw_ratings(rng, classes, present, n, rate)
-        vid = f"{_ID_PREFIX[split]}{config.seed}_{shard_index:05d}_{i:05d}"
+        vid = video_id(config, split, shard_index, i)
         yield _as_record(vid, split, labels, frames, ratings), ratings
+
+
+def video_id(config: SynthConfig, split: str, shard_index: int, i: int) -> str:
+    """The id of video `i` of shard `shard_index`: `X0_00003_00017` (split, seed, shard,
+    video), or with `short_ids` 4 characters unique within the call and its split."""
+    if not config.short_ids:
+        return f"{_ID_PREFIX[split]}{config.seed}_{shard_index:05d}_{i:05d}"
+    return short_id(_SHORT_ID_SPLIT[split] * _SHORT_ID_SPAN
+                    + shard_index * config.videos_per_shard + i)
+
+
+def short_id(number: int) -> str:
+    """`number` (0 ≤ n < 62^4) as 4 base-62 characters, most significant first."""
+    chars = []
+    for _ in range(SHORT_ID_LENGTH):
+        number, digit = divmod(number, len(SHORT_ID_ALPHABET))
+        chars.append(SHORT_ID_ALPHABET[digit])
+    return "".join(reversed(chars))
 
 
 def synth_shard(config: SynthConfig, split: str, shard_index: int) -> list[Video]:
