@@ -131,11 +131,28 @@ def draw_runs(runs: dict[str, list[dict]]) -> Figure:
     return fig
 
 
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"  # the first eight bytes of every PNG file
+
+
+def _not_a_png(path: Path) -> bool:
+    """An existing, non-empty regular file that is not a PNG (an earlier plot is replaced;
+    one that cannot be read is left to the write's own error)."""
+    if not path.is_file():  # absent, or a device or a pipe (not opened here)
+        return False
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(PNG_MAGIC))
+    except OSError:
+        return False
+    return bool(head) and head != PNG_MAGIC
+
+
 def plot_runs(run_dirs: list[str | Path], out_png: str | Path) -> Path:
     """Draw the runs' curves into `out_png` (written whole under a hidden temporary name
     beside it, then renamed into place). TrainerError naming `out_png`, checked before
     anything is read or drawn: a directory, a folder that is missing, not a folder or not
-    writable; and a write that fails later (the temporary is removed)."""
+    writable, an existing file that is not a PNG; and a write that fails later (the
+    temporary is removed)."""
     paths = [Path(p) for p in run_dirs]
     if not paths:
         raise TrainerError("no run directory to plot")
@@ -145,6 +162,9 @@ def plot_runs(run_dirs: list[str | Path], out_png: str | Path) -> Path:
                            f"(such as {out / 'curves.png'})")
     if (problem := folder_problem(out)) is not None:
         raise TrainerError(f"{out}: {problem}")
+    if _not_a_png(out):  # a run's metrics.jsonl or config.json, a user's file
+        raise TrainerError(f"{out}: exists and is not a PNG image; remove it or give another "
+                           "--out")
     runs = {label: read_metrics(p) for label, p in zip(_labels(paths), paths)}
     fig = draw_runs(runs)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")

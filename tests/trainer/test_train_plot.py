@@ -129,6 +129,20 @@ def test_plot_refuses_an_output_it_cannot_write(tmp_path, monkeypatch, out, mess
     assert _no_temporaries(tmp_path) and list((tmp_path / "somedir").iterdir()) == []
 
 
+def test_plot_replaces_a_png_but_no_other_file(tmp_path):
+    """(Before: `--out RUN/metrics.jsonl` replaced the run's log by the PNG, exit 0.)"""
+    run = _plot_run(tmp_path)
+    log = (run / "metrics.jsonl").read_bytes()
+    result = _plot(run, "--out", run / "metrics.jsonl")
+    assert result.exit_code == 1 and result.output == (
+        f"Error: {run / 'metrics.jsonl'}: exists and is not a PNG image; remove it or give "
+        "another --out\n")
+    assert (run / "metrics.jsonl").read_bytes() == log and _no_temporaries(tmp_path)
+    for _ in range(2):  # an earlier plot is replaced
+        assert _plot(run, "--out", tmp_path / "c.png").exit_code == 0
+    assert (tmp_path / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_plot_into_a_read_only_folder(tmp_path):
     run = _plot_run(tmp_path)
     ro = tmp_path / "ro"
