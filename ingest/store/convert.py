@@ -303,7 +303,11 @@ def convert(cfg: ConvertConfig) -> dict:
     if not created:
         check_store_dir(store)
     shutil.rmtree(store / TMP, ignore_errors=True)  # leftovers of an interrupted run
-    (store / PARTS).mkdir(parents=True, exist_ok=True)
+    try:
+        (store / PARTS).mkdir(parents=True, exist_ok=True)
+    except OSError as err:  # a read-only file system, a parent that is a file
+        raise IngestError(f"{store}: cannot create the store ({err.strerror or err}: "
+                          f"{err.filename})") from None
     todo = _check_existing(sources, store)
     results, ok = [], False
     try:

@@ -13,6 +13,7 @@ from ingest.store import Store
 from ingest.store.convert import ConvertConfig, convert
 from tests.ingest.clirun import one_line_error, run
 from tests.ingest.test_convert_content import synth_shards
+from tests.readonly import error_line, run_read_only, script
 
 
 @pytest.fixture(scope="module")
@@ -143,6 +144,21 @@ def test_an_empty_folder_and_an_interrupted_store_are_converted_into(good, tmp_p
     assert run("verify", empty).exit_code == 0
     res = run("convert", *good, "--out", empty, "--quiet")  # a complete store: a no-op re-run
     assert res.exit_code == 0 and "0 part(s) converted now, 2 in the store" in res.output
+
+
+def test_a_store_that_cannot_be_created_is_one_line(good, tmp_path):
+    """(Before: a NotADirectoryError / EROFS traceback from mkdir.)"""
+    (tmp_path / "afile").write_text("x")
+    line = one_line_error(run("convert", good[0], "--out", tmp_path / "afile" / "s", "--quiet"))
+    assert line == (f"Error: {tmp_path / 'afile' / 's'}: cannot create the store (Not a "
+                    f"directory: {tmp_path / 'afile' / 's' / 'parts'})")
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    for out in (ro / "s", ro):  # a new store, and an existing empty directory
+        res = run_read_only(ro, [script("ingest"), "convert", good[0], "--out", out, "--quiet"])
+        assert error_line(res).startswith(f"Error: {out}: cannot create the store (Read-only "
+                                          "file system: ")
+    assert list(ro.iterdir()) == []
 
 
 def test_info_and_verify(good, tmp_path):
