@@ -5,6 +5,11 @@ every segment.
 
     .venv/bin/python benchmarks/bench_predict.py [--videos 60] [--batches 3] [--repeats 3]
                                                  [--sizes tiny,paper] [--device cpu|cuda]
+                                                 [--threads-compare]
+
+`--threads-compare` (CPU): instead, torch's threads as `predict segments` sets them (every
+core of the process) against one core left to each of the two loader threads (what the
+command did before, and what training does), alternating, on the same batches.
 
 Data: one synthetic test shard (`ingest synth --split test`) converted to a store in a
 temporary folder; models with random weights (speed does not depend on training):
@@ -25,7 +30,7 @@ import torch
 
 from ingest.store.convert import ConvertConfig, convert
 from ingest.synth import SynthConfig, write_synth
-from predict.segments import _probs
+from predict.segments import _probs, prediction_threads
 from trainer.data import Loader, LoaderConfig, StoreIndex
 from trainer.recipes.runtime import Ranks, cpu_threads
 from trainer.registry import build
@@ -87,6 +92,32 @@ def measure(index, name: str, aware: bool, batch: int, args) -> dict:
     return out
 
 
+def threads_compare(index, args) -> None:
+    """Candidates/s with torch on every core (project) and on cores − loader threads
+    (before), alternating over repeats; the median of the per-repeat ratios."""
+    ranks = Ranks(0, 1, torch.device("cpu"))
+    settings = {"every core (project)": lambda: prediction_threads(ranks, None),
+                "cores - 2 loader threads (before)": lambda: cpu_threads(ranks, 2)}
+    for name, aware in zip(MODELS["tiny"], (False, True)):
+        model = build(name).eval()
+        cfg = LoaderConfig(kind="candidates", batch_size=1024, max_len=CONTEXT_LEN,
+                           train=False, with_context=aware, threads=2)
+        fn = lambda m, b, aware=aware: _probs(m, "aware" if aware else "video", b)
+        rates = {k: [] for k in settings}
+        time_pass(model, Loader(index, cfg), fn, 1)  # warm-up
+        for _ in range(args.repeats):
+            for way, apply in settings.items():
+                apply()
+                s, n = time_pass(model, Loader(index, cfg), fn, args.batches)
+                rates[way].append(n / s)
+        for way, r in rates.items():
+            print(f"{name:24s} torch threads {way:34s}: {statistics.median(r):10.1f} "
+                  f"candidates/s", flush=True)
+        ours, before = rates.values()
+        ratio = statistics.median(a / b for a, b in zip(ours, before))
+        print(f"{'':24s} ratio every core / before: {ratio:.2f}x", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--videos", type=int, default=60)
@@ -94,12 +125,16 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--sizes", default="tiny,paper")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--threads-compare", action="store_true")
     args = parser.parse_args()
-    cpu_threads(Ranks(0, 1, torch.device(args.device)), 2)  # as the recipes / predict do
+    prediction_threads(Ranks(0, 1, torch.device(args.device)), None)  # as predict does
     print(f"device {args.device}, torch threads {torch.get_num_threads()}")
     with tempfile.TemporaryDirectory() as tmp:
         index = StoreIndex.build(make_store(Path(tmp), args.videos))
         print(f"store: {len(index.cand_video)} candidates of {index.n_videos} videos")
+        if args.threads_compare:
+            threads_compare(index, args)
+            return
         for size in args.sizes.split(","):
             agnostic, aware = MODELS[size]
             batch = 1024 if size == "tiny" else 256

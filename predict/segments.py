@@ -13,7 +13,8 @@ code encoded it again for every segment). The context follows the loader's evalu
 rule (the video less its first 6 and last 2 segments, Lm frames evenly spaced).
 
 Eval mode, no sampling randomness: the same store and run give byte-identical files on the
-same device type. Under `torchrun` each rank predicts a contiguous run of the same batches
+same device type. float32 by default (TF32 matmuls on CUDA), `--precision bf16` for bf16
+autocast. Under `torchrun` each rank predicts a contiguous run of the same batches
 into the same temporary file; rank 0 writes the sidecar and renames both at the end.
 This module imports torch: `predict topk`, `validate` and `evaluate` never import it.
 """
@@ -31,6 +32,9 @@ from ingest.errors import IngestError
 from predict.predictions import PredictionWriter, check_output, sidecar_path
 
 RUN_KINDS = {"pretrain": "video", "finetune-agnostic": "video", "finetune-aware": "aware"}
+# fp32 by default (TF32 matmuls on CUDA): the probabilities are quantised at 1/9999, and
+# bf16's 8-bit mantissa moves entries across the top-K cut (docs/predictions.md).
+PRECISIONS = ("fp32", "bf16")
 
 
 class SegmentsError(IngestError):
@@ -71,19 +75,24 @@ def check_sidecar(out: Path, segments: pl.DataFrame) -> None:
 
 def predict_segments(store: str, run: str, out: str, batch_size: int = 1024,
                      device: str = "auto", threads: int = 2, progress: bool = True,
-                     overwrite: bool = False) -> dict:
+                     overwrite: bool = False, precision: str = "fp32",
+                     torch_threads: int | None = None) -> dict:
     """Predict every candidate of `store` with the model of `run` into `out` (.npy path).
-    An existing output is refused unless `overwrite`; an unwritable one, before any work."""
+    An existing output is refused unless `overwrite`; an unwritable one, before any work.
+    `precision` "fp32" (TF32 matmuls on CUDA) or "bf16" (autocast); `torch_threads` on the
+    CPU (default: every core of this rank, `prediction_threads`)."""
     out_path = Path(out if str(out).endswith(".npy") else f"{out}.npy")
     check_output(out_path, overwrite)  # before torch is imported and the model loaded
+    if precision not in PRECISIONS:
+        raise SegmentsError(f"--precision {precision!r}: one of {', '.join(PRECISIONS)}")
 
     import torch
 
     from trainer.data import Loader, LoaderConfig, StoreIndex
-    from trainer.recipes.runtime import autocast, barrier, cpu_threads, start_ranks, stop_ranks
+    from trainer.recipes.runtime import autocast, barrier, start_ranks, stop_ranks
 
     ranks = start_ranks(device)
-    cpu_threads(ranks, threads)
+    prediction_threads(ranks, torch_threads)
     try:
         model, kind, max_len = load_run(run)
         model.to(ranks.device)
@@ -103,7 +112,7 @@ def predict_segments(store: str, run: str, out: str, batch_size: int = 1024,
         done, t0 = 0, time.perf_counter()
         bar = _bar(progress and ranks.main, len(loader), cand.height // ranks.world)
         try:
-            with torch.no_grad(), autocast(ranks, "auto"):
+            with torch.no_grad(), autocast(ranks, precision):
                 for batch in loader:
                     probs = _probs(model, kind, batch)
                     writer.write_at(int(batch.rows[0]), probs)
@@ -126,6 +135,23 @@ def predict_segments(store: str, run: str, out: str, batch_size: int = 1024,
                 "seconds": seconds, "candidates_per_s": done / max(seconds, 1e-9), "kind": kind}
     finally:
         stop_ranks()
+
+
+def prediction_threads(ranks, torch_threads: int | None) -> None:
+    """CUDA: TF32 matmuls allowed (the fp32 default). CPU: torch gets every core of this
+    rank unless told otherwise. The candidate loader needs little of them: alone it
+    gives ~133,000 candidates/s on one core, against ~1,500/s through nxvlad-tiny; its
+    threads sleep while their slots are full. (Training leaves a core per loader
+    thread instead, `trainer.recipes.runtime.cpu_threads`: its loader is busier.)
+    Measured in benchmarks/RESULTS.md, `## predict segments`."""
+    import torch
+
+    if ranks.device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        return
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    torch.set_num_threads(torch_threads or max(1, (cores or 1) // ranks.world))
 
 
 def _probs(model, kind: str, batch) -> np.ndarray:

@@ -17,14 +17,21 @@ import click
               show_default=True)
 @click.option("--threads", type=click.IntRange(min=1), default=2, show_default=True,
               help="Loader threads.")
+@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32",
+              show_default=True,
+              help="fp32 (TF32 matmuls on CUDA) or bf16 autocast (faster on GPUs; moves some "
+                   "entries across the top-K cut, docs/predictions.md).")
+@click.option("--torch-threads", type=click.IntRange(min=1), default=None,
+              help="CPU: torch's threads (default: every core; the loader needs little).")
 @click.option("--overwrite", is_flag=True,
               help="Replace NAME.npy / NAME.segments.parquet if they exist (else refused).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def segments(store, run, out, batch_size, device, threads, overwrite, quiet) -> None:
+def segments(store, run, out, batch_size, device, threads, precision, torch_threads,
+             overwrite, quiet) -> None:
     """Predict every candidate segment of STORE with the model of RUN (quantised .npy)."""
     from predict.segments import predict_segments
 
     r = predict_segments(store, run, out, batch_size, device, threads, progress=not quiet,
-                         overwrite=overwrite)
+                         overwrite=overwrite, precision=precision, torch_threads=torch_threads)
     click.echo(f"{r['out']}: {r['candidates']} candidates, {r['kind']} model, "
                f"{r['candidates_per_s']:.0f} candidates/s", err=True)

@@ -187,3 +187,13 @@ def test_a_read_only_folder_is_one_line_and_leaves_nothing(tmp_path, runs, tests
     line = error_line(run_read_only(preds, cmd))
     assert f"{preds / 'ag.npy'}: cannot write (read-only file system: {preds})" in line
     assert list(preds.iterdir()) == []
+
+
+def test_fp32_by_default_and_bf16_on_request(tmp_path, runs, testset_store):
+    """fp32 is the default (the scores of `test_scores_equal_the_model_run_directly`);
+    `--precision bf16` runs under bf16 autocast: close to fp32, within bf16's precision."""
+    _predict(testset_store, runs / "aw", tmp_path / "fp32", "--torch-threads", "1")
+    _predict(testset_store, runs / "aw", tmp_path / "bf16", "--precision", "bf16")
+    fp32, bf16 = (np.load(tmp_path / f"{n}.npy").astype(np.int64) for n in ("fp32", "bf16"))
+    assert fp32.shape == bf16.shape
+    assert 0 < np.abs(fp32 - bf16).max() <= 0.05 * 9999  # bf16 keeps 8 bits of mantissa
