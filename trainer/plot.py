@@ -172,7 +172,8 @@ def plot_runs(run_dirs: list[str | Path], out_png: str | Path) -> Path:
         FigureCanvasAgg(fig).print_png(str(tmp))
         os.replace(tmp, out)
     except OSError as err:
-        with suppress(OSError):  # a read-only folder refuses even this: not raised over err
-            tmp.unlink(missing_ok=True)
         raise TrainerError(f"{out}: cannot write ({err.strerror or err})") from None
+    finally:  # after a failure or Ctrl-C (gone once renamed); a read-only folder refuses
+        with suppress(OSError):  # even this unlink: never raised over the real error
+            tmp.unlink(missing_ok=True)
     return out

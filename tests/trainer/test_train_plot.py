@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.image import imread
 
 from tests.readonly import error_line, run_read_only, script
@@ -162,4 +164,17 @@ def test_plot_write_failing_late_names_the_output(tmp_path, monkeypatch):
     monkeypatch.setattr("trainer.plot.os.replace", full_disk)
     result = _plot(run, "--out", tmp_path / "p.png")
     assert result.output == f"Error: {tmp_path / 'p.png'}: cannot write (No space left on device)\n"
+    assert _no_temporaries(tmp_path) and not (tmp_path / "p.png").exists()
+
+
+def test_plot_interrupted_while_writing_leaves_no_temporary(tmp_path, monkeypatch):
+    run = _plot_run(tmp_path)
+
+    def interrupted(self, filename, **kw):
+        Path(filename).write_bytes(b"\x89PNG half")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(FigureCanvasAgg, "print_png", interrupted)
+    result = _plot(run, "--out", tmp_path / "p.png")
+    assert result.exit_code == 130 and result.output == "Interrupted.\n", result.output
     assert _no_temporaries(tmp_path) and not (tmp_path / "p.png").exists()
