@@ -13,11 +13,14 @@
 row numbers added: `videos.video_row`, `segments.video_row` / `segments.window_row`
 / `segments.segment_row`, `candidates.video_row` / `candidates.candidate_row`. Arrays are
 read without zarr: the parts are uncompressed, so each Zarr shard file is the rows
-themselves followed by the index, and rows are copied out of a numpy memmap of it.
+themselves followed by the index, and rows are read with positional reads (`os.preadv`)
+straight into the output array. Nothing stays open or mapped between calls, however many
+shard files a store has (the real train store: ~51,000).
 """
 from __future__ import annotations
 
 import json
+import os
 from functools import cached_property
 from pathlib import Path
 
@@ -31,6 +34,7 @@ from ingest.store.layout import (
     StoreError,
     read_manifest,
     shard_file,
+    shard_file_problem,
 )
 from ingest.store.segments import (
     NEGATIVE_BYTES,
@@ -43,7 +47,8 @@ class RowArray:
     """Read-only rows of one part's Zarr array as written by `ingest.store.writer`.
 
     Each shard file `c/<k>/0...` begins with rows `[k*S, (k+1)*S)` stored contiguously
-    (uncompressed inner chunks in order), so rows are served from memmaps.
+    (uncompressed inner chunks in order), so rows are read from it by offset. A file too
+    short for the rows asked (truncated) is a one-line StoreError naming it.
     """
 
     def __init__(self, path: Path):
@@ -55,17 +60,28 @@ class RowArray:
         if [c["name"] for c in inner["codecs"]] != ["bytes"]:
             raise StoreError(f"{path}: compressed arrays are not supported by this reader")
         self.row_shape = self.shape[1:]
-        self._maps: dict[int, np.ndarray] = {}
+        self.row_bytes = int(np.prod(self.row_shape, dtype=np.int64))
 
     def __len__(self) -> int:
         return self.shape[0]
 
-    def _shard(self, k: int) -> np.ndarray:
-        if k not in self._maps:
-            rows = min(self.shard_rows, self.shape[0] - k * self.shard_rows)
-            key = shard_file(self.path, k, len(self.row_shape))
-            self._maps[k] = np.memmap(key, np.uint8, "r", shape=(rows, *self.row_shape))
-        return self._maps[k]
+    def _read(self, k: int, rows: list[int], outs: list[np.ndarray]) -> None:
+        """outs[i] (whole C-contiguous rows) ← the rows of shard file k from rows[i] on."""
+        path = shard_file(self.path, k, len(self.row_shape))
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            self._damaged(path, None, 0)
+        try:
+            for r, out in zip(rows, outs):
+                if out.nbytes and os.preadv(fd, [out.reshape(-1)], r * self.row_bytes) < out.nbytes:
+                    self._damaged(path, os.fstat(fd).st_size, (r + len(out)) * self.row_bytes)
+        finally:
+            os.close(fd)
+
+    def _damaged(self, path, size: int | None, needed: int):
+        part = self.path.parent
+        raise StoreError(shard_file_problem(path, size, needed, part.parent.parent, part))
 
     def rows(self, a: int, b: int, out: np.ndarray | None = None) -> np.ndarray:
         """Rows [a, b) as a new (or the given) array (b - a, *row_shape) uint8."""
@@ -77,7 +93,11 @@ class RowArray:
         while i < b:
             k = i // self.shard_rows
             j = min(b, (k + 1) * self.shard_rows)
-            out[i - a : j - a] = self._shard(k)[i - k * self.shard_rows : j - k * self.shard_rows]
+            piece = out[i - a : j - a]
+            into = piece if piece.flags.c_contiguous else np.empty_like(piece)
+            self._read(k, [i - k * self.shard_rows], [into])
+            if into is not piece:
+                piece[:] = into
             i = j
         return out
 
@@ -88,10 +108,14 @@ class RowArray:
             raise IndexError(f"row index outside {self.path} of {self.shape[0]} rows")
         if out is None:
             out = np.empty((len(index), *self.row_shape), np.uint8)
+        into = out if out.flags.c_contiguous else np.empty_like(out)
         shard = index // self.shard_rows
-        for k in np.unique(shard):  # one fancy-indexed gather per shard file
+        for k in np.unique(shard):  # each shard file opened once
             sel = np.nonzero(shard == k)[0]
-            out[sel] = self._shard(int(k))[index[sel] - k * self.shard_rows]
+            self._read(int(k), (index[sel] - k * self.shard_rows).tolist(),
+                       [into[i : i + 1] for i in sel.tolist()])
+        if into is not out:
+            out[:] = into
         return out
 
 

@@ -21,6 +21,7 @@ from ingest.synth import SynthConfig, write_synth
 from tests.readonly import error_line, script
 from trainer.cli.main import main as train_main
 from trainer.data import Loader, LoaderConfig, StoreIndex
+from trainer.data.bench import open_files
 from trainer.data.index import ArrayFiles
 
 KINDS = [("video", {}), ("segment", {}), ("aware", {"max_len": 12}),
@@ -50,21 +51,11 @@ def many_files(tmp_path_factory):
 
 
 def _store_maps(store) -> int:
-    """Entries of /proc/self/maps that map a file of `store`."""
-    root = str(Path(store.path).resolve())
-    with open("/proc/self/maps") as f:
-        return sum(1 for line in f if line.rstrip().split(None, 5)[-1].startswith(root))
+    return open_files(store.path)[0]
 
 
 def _store_fds(store) -> int:
-    root = str(Path(store.path).resolve())
-    n = 0
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            n += os.readlink(f"/proc/self/fd/{fd}").startswith(root)
-        except OSError:  # closed meanwhile (the listing's own descriptor)
-            pass
-    return n
+    return open_files(store.path)[1]
 
 
 def _epoch(loader, each=None) -> list[dict]:

@@ -188,6 +188,20 @@ def mapped(paths: list[Path]) -> list[str]:
         return sorted({line.split(None, 5)[-1].strip() for line in f} & names)
 
 
+def open_files(root: str | Path, pid: int | str = "self") -> tuple[int, int]:
+    """(entries of /proc/PID/maps, open descriptors) on files under the directory `root`."""
+    prefix = str(Path(root).resolve()) + os.sep
+    with open(f"/proc/{pid}/maps") as f:
+        maps = sum(line.rstrip().split(None, 5)[-1].startswith(prefix) for line in f)
+    fds = 0
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            fds += os.readlink(f"/proc/{pid}/fd/{fd}").startswith(prefix)
+        except OSError:  # closed since the listing (the listing's own descriptor)
+            pass
+    return maps, fds
+
+
 # ---------------------------------------------------------------- memcpy ceiling
 
 def memcpy_rate(nbytes: int) -> float:
