@@ -24,6 +24,7 @@ from ingest.codec.tfrecord import write_tfrecord
 from ingest.codec.video import FRAME_BYTES, RGB_BYTES, Video
 from ingest.errors import IngestError
 from ingest.jit import JIT_ENABLED
+from ingest.outputs import folder_problem
 from ingest.store.segments import DROP_FIRST_SEGMENTS, DROP_LAST_SEGMENTS, SEGMENT_FRAMES
 from ingest.store.truth import TRUTH_SCHEMA
 from ingest.synth.world import (
@@ -337,7 +338,14 @@ def write_synth(config: SynthConfig, progress: bool = True,
         more = f" (and {len(existing) - 1} more of the files to write)" if existing[1:] else ""
         raise IngestError(f"{existing[0]}: exists already{more}; give --overwrite to replace "
                           "them, or another OUT_DIR")
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:  # a read-only file system, a parent that is a file
+        raise IngestError(f"{out}: cannot create the folder ({err.strerror or err}: "
+                          f"{err.filename})") from None
+    first = output_paths(config)[0]
+    if (problem := folder_problem(first)) is not None:  # an existing read-only folder
+        raise IngestError(f"{first}: {problem}")
     paths, truth = [], []
     bar = tqdm(total=config.shards * config.videos_per_shard, unit="video",
                desc=f"synth {config.split}", disable=not progress)

@@ -23,6 +23,8 @@ from ingest.synth.shards import (
 )
 from ingest.synth.world import dequantize, make_world
 from ingest.vocab import N_VOCAB, segment_class_ids, to_class_index
+from tests.ingest.clirun import one_line_error
+from tests.readonly import error_line, run_read_only, script
 
 VALIDATE = SynthConfig(split="validate", videos_per_shard=150, seed=5)
 
@@ -299,3 +301,22 @@ def test_cli_refuses_to_overwrite_unless_asked(tmp_path, split, clash):
     n_files = 3 if split == "test" else 2
     assert f"{out / first}: exists already (and {n_files - 1} more of the files to write)" \
         in again.output
+
+
+def test_cli_output_that_cannot_be_written_is_one_line(tmp_path):
+    """(Before: a mkdir / open traceback.)"""
+    (tmp_path / "afile").write_text("x")
+    args = ["--split", "test", "--shards", "1", "--videos-per-shard", "2", "--quiet"]
+    line = one_line_error(CliRunner().invoke(main, ["synth", str(tmp_path / "afile" / "s"),
+                                                    *args]))
+    assert line == f"Error: {tmp_path / 'afile' / 's'}: cannot create the folder (Not a " \
+                   f"directory: {tmp_path / 'afile' / 's'})"
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    res = run_read_only(ro, [script("ingest"), "synth", ro / "s", *args])
+    assert error_line(res) == f"Error: {ro / 's'}: cannot create the folder (Read-only file " \
+                              f"system: {ro / 's'})"
+    res = run_read_only(ro, [script("ingest"), "synth", ro, *args])  # an existing folder
+    assert error_line(res) == (f"Error: {ro / 'test-00000-of-00001.tfrecord'}: cannot write "
+                               f"(read-only file system: {ro})")
+    assert list(ro.iterdir()) == []
