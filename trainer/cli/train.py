@@ -31,7 +31,7 @@ _LOOP_OPTIONS = [
     click.option("--accumulate", type=click.IntRange(min=1), default=None,
                  help="Micro-batches per step (the batch split in K; default 1)."),
     click.option("--grad-clip", type=click.FloatRange(min=0), default=None,
-                 help="Clip the gradients' global norm (default 0: off)."),
+                 help="Clip the gradients' global norm (default 10; 0: off)."),
     click.option("--precision", type=click.Choice(PRECISIONS), default=None,
                  help="auto: bf16 autocast on CUDA, float32 on CPU."),
     click.option("--compile", "compile_", is_flag=True, default=None, help="torch.compile."),
