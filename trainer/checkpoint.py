@@ -10,6 +10,8 @@ A checkpoint is a directory:
                            the loader's position, ...), "scheduler": its state_dict,
                            "rng": [per process: python, numpy, torch CPU, CUDA states]}
     config.json            the run's resolved config (the caller's dict)
+    extra.safetensors      optional: other tensors of the run's state (`tensors=`, e.g. the
+                           weight average of --swa-from), read by `load_tensors`
 
 It is written to a temporary directory beside the target and renamed into place, so a
 directory with the final name is always complete. Replacing an existing checkpoint takes
@@ -53,6 +55,7 @@ MODEL_FILE = "model.safetensors"
 OPTIMIZER_FILE = "optimizer.safetensors"
 STATE_FILE = "state.json"
 CONFIG_FILE = "config.json"
+EXTRA_FILE = "extra.safetensors"  # optional
 _FILES = (MODEL_FILE, OPTIMIZER_FILE, STATE_FILE, CONFIG_FILE)
 # How many differences a refusal names before "(+N more)".
 _SHOWN = 3
@@ -261,13 +264,15 @@ def save_checkpoint(
     state: dict | None = None,
     config: dict | None = None,
     rng_states: list[dict] | None = None,
+    tensors: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     """Write a checkpoint to `directory` atomically (see the module docstring).
 
     `model` may be wrapped (DDP, torch.compile). `state`: JSON-able dict of the caller's
     (step, epoch, metrics, the loader's state ...); `config`: the run's resolved config.
     `rng_states`: one `rng_state()` per process (gathered on rank 0 under DDP); default
-    this process's. Call on one process only.
+    this process's. `tensors`: more named tensors of the run's state (`EXTRA_FILE`).
+    Call on one process only.
     """
     directory = Path(directory)
     model = unwrap(model)
@@ -275,9 +280,10 @@ def save_checkpoint(
     try:
         weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
         save_file(weights, tmp / MODEL_FILE, {"model": json.dumps(model_identity(model))})
-        tensors: dict[str, torch.Tensor] = {}
-        index = encode(optimizer.state_dict() if optimizer is not None else None, tensors, "opt")
-        save_file(tensors, tmp / OPTIMIZER_FILE, {"optimizer": json.dumps(index)})
+        opt_tensors: dict[str, torch.Tensor] = {}
+        index = encode(optimizer.state_dict() if optimizer is not None else None, opt_tensors,
+                       "opt")
+        save_file(opt_tensors, tmp / OPTIMIZER_FILE, {"optimizer": json.dumps(index)})
         full_state = {
             "format": FORMAT_VERSION,
             "state": encode(state or {}),
@@ -286,7 +292,12 @@ def save_checkpoint(
         }
         _write_json(tmp / STATE_FILE, full_state)
         _write_json(tmp / CONFIG_FILE, config or {})
-        for name in _FILES:
+        names = list(_FILES)
+        if tensors:
+            save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()},
+                      tmp / EXTRA_FILE)
+            names.append(EXTRA_FILE)
+        for name in names:
             _fsync(tmp / name)
         _replace_dir(tmp, directory)
     except BaseException:
@@ -378,6 +389,17 @@ def load_checkpoint(
     return decode(full["state"])
 
 
+def load_tensors(directory: str | Path) -> dict[str, torch.Tensor]:
+    """The `tensors` saved with a checkpoint (empty if none were)."""
+    path = checkpoint_dir(directory) / EXTRA_FILE
+    if not path.is_file():
+        return {}
+    try:
+        return load_file(path)
+    except (SafetensorError, OSError) as err:
+        raise CheckpointError(f"{path}: unreadable ({err})") from None
+
+
 def _rank_and_world() -> tuple[int, int]:
     dist = torch.distributed
     if dist.is_available() and dist.is_initialized():
@@ -436,9 +458,11 @@ class CheckpointKeeper:
         state: dict,
         config: dict,
         rng_states: list[dict] | None = None,
+        tensors: dict[str, torch.Tensor] | None = None,
     ) -> bool:
         """Save `last/`; also `best/` if the metric improved (returns whether it did)."""
-        save_checkpoint(self.last, model, optimizer, scheduler, state, config, rng_states)
+        save_checkpoint(self.last, model, optimizer, scheduler, state, config, rng_states,
+                        tensors)
         value = state.get("metrics", {}).get(self.metric)
         if not self.improves(value):
             return False
@@ -449,5 +473,16 @@ class CheckpointKeeper:
             except OSError:
                 shutil.copy2(self.last / name, tmp / name)
         _replace_dir(tmp, self.best_dir)
+        self.best = value
+        return True
+
+    def offer(self, model: nn.Module, state: dict, config: dict) -> bool:
+        """`best/` = `model` (weights only: no optimizer or scheduler state) if its
+        `state["metrics"][metric]` improves on the best so far, e.g. the weight average of
+        --swa-from against the trained weights just saved; returns whether it did."""
+        value = state.get("metrics", {}).get(self.metric)
+        if not self.improves(value):
+            return False
+        save_checkpoint(self.best_dir, model, None, None, state, config)
         self.best = value
         return True

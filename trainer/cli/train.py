@@ -35,6 +35,9 @@ _LOOP_OPTIONS = [
     click.option("--precision", type=click.Choice(PRECISIONS), default=None,
                  help="auto: bf16 autocast on CUDA, float32 on CPU."),
     click.option("--compile", "compile_", is_flag=True, default=None, help="torch.compile."),
+    click.option("--swa-from", type=click.IntRange(min=1), default=None,
+                 help="Average the weights of every scheduled checkpoint from step N on "
+                      "(SWA); best/ may be the average (docs/training.md)."),
     click.option("--tensorboard", is_flag=True, default=None,
                  help="Also write TensorBoard logs (needs tensorboard)."),
 ]
@@ -70,7 +73,8 @@ def _options(decorators):
 def _loop(kw: dict) -> dict:
     loop = {k: kw.pop(k) for k in ("steps", "lr", "weight_decay", "seed", "eval_every",
                                    "log_every", "checkpoint_every", "checkpoint_minutes",
-                                   "accumulate", "grad_clip", "precision", "tensorboard")}
+                                   "accumulate", "grad_clip", "precision", "tensorboard",
+                                   "swa_from")}
     loop["compile"] = kw.pop("compile_")
     loop["progress"] = not kw.pop("quiet")
     return loop

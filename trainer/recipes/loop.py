@@ -13,6 +13,7 @@ the same update (tests/trainer/test_train_ddp.py).
 """
 from __future__ import annotations
 
+import itertools
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -20,7 +21,8 @@ from dataclasses import dataclass
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from trainer.checkpoint import CheckpointKeeper, load_checkpoint, save_checkpoint
+from trainer.checkpoint import CheckpointKeeper, load_checkpoint, load_tensors, save_checkpoint
+from trainer.data import Loader
 from trainer.errors import TrainerError
 from trainer.optim import build_optimizer
 from trainer.recipes.runtime import (
@@ -31,11 +33,14 @@ from trainer.recipes.runtime import (
     broadcast,
     gather,
     has_checkpoint,
+    mean_buffers,
     split,
     step_seed,
 )
 from trainer.schedule import slanted_triangular_scheduler
+from trainer.swa import BN_BATCHES, WeightAverage, recompute_batchnorm
 
+SWA_SHARD = -2  # step_seed's shard of the averaged model's batch-norm pass (not a rank's)
 # Save last/ at the first log step after this many minutes without a save, whatever the
 # step counts: an interrupted long run loses at most about this much work (issue #21).
 CHECKPOINT_MINUTES = 30.0
@@ -62,11 +67,18 @@ class LoopConfig:
     precision: str = "auto"  # trainer/recipes/runtime.py PRECISIONS
     compile: bool = False  # torch.compile the model
     tensorboard: bool = False  # also write TensorBoard logs to RUN/tensorboard
+    swa_from: int = 0  # average the weights of every scheduled checkpoint from this step; 0: off
     progress: bool = True
 
     def check(self) -> None:
         if self.steps < 1 or self.eval_every < 1 or self.log_every < 1 or self.accumulate < 1:
             raise TrainerError("steps, eval-every, log-every and accumulate must be at least 1")
+        if not 0 <= self.swa_from <= self.steps:
+            raise TrainerError(f"--swa-from {self.swa_from}: a step of the run (1..{self.steps})")
+
+    def scheduled(self, done: int) -> bool:
+        """A step-scheduled checkpoint (not a time-based one): the ones SWA averages."""
+        return done == self.steps or done % (self.checkpoint_every or self.eval_every) == 0
 
 
 def train(task, loop: LoopConfig, ranks: Ranks, run: RunDir, config: dict,
@@ -78,11 +90,15 @@ def train(task, loop: LoopConfig, ranks: Ranks, run: RunDir, config: dict,
     scheduler = slanted_triangular_scheduler(optimizer, loop.steps)
     keeper = CheckpointKeeper(run.path, task.metric, task.mode) if ranks.main else None
     start, metrics = 0, {}
+    swa = WeightAverage(model) if loop.swa_from else None
+    swa_bn = Loader(task.loader.index, task.loader.config) if swa is not None else None
     if resume and has_checkpoint(run.path):
         state = load_checkpoint(run.path / "last", model, optimizer, scheduler,
                                 restore_rng=False)
         start, metrics = int(state["step"]), state.get("metrics", {})
         task.loader.load_state_dict(state["loader"])
+        if swa is not None:
+            swa.load(load_tensors(run.path / "last"))
         run.truncate_log(start)
     elif resume:  # stopped before its first checkpoint: the same run from step 0
         run.note(f"{run.path}: no checkpoint saved yet; starting from step 0")
@@ -127,19 +143,32 @@ def train(task, loop: LoopConfig, ranks: Ranks, run: RunDir, config: dict,
             if bar is not None:
                 bar.set_postfix(loss=f"{record['loss']:.4f}",
                                 rate=f"{record['samples_per_s']:.0f}/s")
+        if swa is not None and done >= loop.swa_from and loop.scheduled(done):
+            swa.update(model)
         evaluate = task.eval_loader is not None and (done % loop.eval_every == 0
                                                      or done == loop.steps)
+        averaged = None
         if evaluate:
             metrics = _evaluate(task, model, ranks, loop)
-            run.log({"step": done, "split": "eval", **metrics})
-            _board(board, {"step": done, "split": "eval", **metrics})
-        if evaluate or done == loop.steps or done % (loop.checkpoint_every
-                                                     or loop.eval_every) == 0 \
-                or (logged and clock.due(ranks)):
+            record = {"step": done, "split": "eval", **metrics}
+            if swa is not None and swa.count:
+                averaged, swa_metrics = _evaluate_average(task, model, swa, swa_bn, ranks,
+                                                          loop, done)
+                record.update({f"swa_{k}": v for k, v in swa_metrics.items()})
+            run.log(record)
+            _board(board, record)
+        if evaluate or loop.scheduled(done) or (logged and clock.due(ranks)):
             state = {"step": done, "loader": task.loader.state_dict(), "metrics": metrics}
+            extra = swa.tensors() if swa is not None else None
             if ranks.main:
-                keeper.save(model, optimizer, scheduler, state, config) if evaluate else \
-                    save_checkpoint(run.path / "last", model, optimizer, scheduler, state, config)
+                if evaluate:
+                    keeper.save(model, optimizer, scheduler, state, config, tensors=extra)
+                else:
+                    save_checkpoint(run.path / "last", model, optimizer, scheduler, state,
+                                    config, tensors=extra)
+                if averaged is not None:
+                    keeper.offer(averaged, {"step": done, "swa": swa.count,
+                                            "metrics": swa_metrics}, config)
                 run.plot()
             barrier(ranks)
             clock.reset()
@@ -171,6 +200,21 @@ def _grad_norm(model, clip: float) -> torch.Tensor:
     if clip > 0:
         return torch.nn.utils.clip_grad_norm_(params, clip).detach().float()
     return torch.nn.utils.get_total_norm([p.grad for p in params]).detach().float()
+
+
+def _evaluate_average(task, model, swa: WeightAverage, loader: Loader, ranks: Ranks,
+                      loop: LoopConfig, step: int):
+    """(the averaged model, its evaluation): its batch-norm statistics recomputed on the
+    first `swa.BN_BATCHES` batches of epoch 0 of the training folds (`loader`: a second
+    loader of the training configuration; each rank on its share, then averaged over the
+    ranks), dropout seeded by the step."""
+    averaged = swa.averaged(model)
+    loader.set_epoch(0)
+    torch.manual_seed(step_seed(loop.seed, step, SWA_SHARD))
+    with autocast(ranks, loop.precision):
+        recompute_batchnorm(averaged, itertools.islice(loader, BN_BATCHES), task.loss)
+    mean_buffers(averaged, ranks)
+    return averaged, _evaluate(task, averaged, ranks, loop)
 
 
 class _SaveClock:

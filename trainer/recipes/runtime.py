@@ -120,6 +120,17 @@ def gather(ranks: Ranks, value) -> list:
     return out
 
 
+def mean_buffers(model, ranks: Ranks) -> None:
+    """Every floating-point buffer of `model` (batch-norm statistics) averaged over the
+    ranks, so that every rank holds the same model."""
+    if ranks.world == 1:
+        return
+    for buffer in model.buffers():
+        if buffer.is_floating_point():
+            dist.all_reduce(buffer)
+            buffer /= ranks.world
+
+
 def autocast(ranks: Ranks, precision: str):
     """bf16 autocast on CUDA by default ("auto"); CPU runs float32 ("auto" or "fp32")."""
     if precision not in PRECISIONS:
