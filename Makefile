@@ -39,6 +39,16 @@ bench: $(STAMP)
 fuzz: $(STAMP)
 	$(BIN)/python benchmarks/fuzz_decoder.py --records 1000000 --keep fuzz_crashes
 
+# make gpu-check : run first on a new GPU machine (needs CUDA; at most 8 min on one H100): the
+#   gpu tests, loader and training benchmarks on the device, a short train -> predict; one folder
+#   $(GPU_OUT) (default gpu_check/: report.md, report.json, logs/). Not the CPU pin above: it
+#   uses PYTHON's CUDA torch through its own venv (GPU_VENV, default .venv-gpu; none: PYTHON as
+#   is); GPU_TORCH='torch==X --index-url URL' installs a build, WHEELS=dir installs offline.
+.PHONY: gpu-check
+gpu-check:
+	@$(PYTHON) scripts/gpu_check.py "$(or $(GPU_OUT),gpu_check)" --venv "$(or $(GPU_VENV),.venv-gpu)" \
+	  --torch "$(GPU_TORCH)" --wheels "$(WHEELS)"
+
 lint: $(STAMP)
 	$(BIN)/ruff check ingest trainer predict tests benchmarks
 
