@@ -52,10 +52,24 @@ def environment(device: str) -> dict:
                    gpu_memory_gib=round(props.total_memory / GIB, 1),
                    capability=f"{props.major}.{props.minor}",
                    multiprocessors=props.multi_processor_count,
-                   cudnn=torch.backends.cudnn.version(),
-                   nccl=".".join(map(str, torch.cuda.nccl.version())),
+                   cudnn=_try(torch.backends.cudnn.version), nccl=_try(_nccl),
                    bf16_matmul_error=_bf16_matmul_error(torch))
     return env
+
+
+def _try(fn):
+    """fn(), or what went wrong (a version query must not stop the report)."""
+    try:
+        return fn()
+    except Exception as err:  # noqa: BLE001 - any failure is reported as text
+        return f"unknown ({type(err).__name__}: {err})"
+
+
+def _nccl() -> str:
+    import torch
+
+    v = torch.cuda.nccl.version()  # a tuple (2, 27, 5) in recent torch, an int before
+    return ".".join(map(str, v)) if isinstance(v, tuple) else str(v)
 
 
 def _memory_gib() -> float | None:

@@ -113,6 +113,9 @@ def _headline(s: dict) -> str:
     if group == "env" and res:
         return (f"{res.get('gpu') or 'no GPU'}, driver {res.get('driver') or '-'}, "
                 f"torch {res.get('torch')}, CUDA {res.get('cuda') or '-'}")
+    if group == "data" and res:
+        return ", ".join(f"{split} {res[f'{split} videos']:,} videos" for split in
+                         ("train", "validate", "test") if f"{split} videos" in res)
     if group == "tests" and res:
         return _counts(res)
     if "held-out auc" in res:
