@@ -21,14 +21,26 @@ Both losses take an optional per-example `valid (B,)` (bool, or float weights): 
 rows (e.g. the repeats that pad an epoch's last batch) are left out, even when their
 loss is not finite, and the mean is over the rows kept: Σ_b w_b ℓ_b / Σ_b w_b.
 `reduction="none"` gives `ℓ_b (B,)` to callers that reduce themselves (e.g. over DDP ranks).
+
+Online distillation of a mixture (trainer/models/mixture.py; NeXtVLAD paper §3.4 Eq. 14-16,
+MOD's code): the mixture's logits z_e teach each branch's z_k through the KL divergence of
+their softmax over the C classes at temperature T (a "rank" distribution, not per-class
+Bernoullis), and a mixture's loss is (Eq. 16, with the label loss ℓ of the recipe)
+
+    L = ℓ(p_e) + Σ_k ℓ(p_k) + λ · mean_b Σ_k KL(softmax(z_e/T) ‖ softmax(z_k/T))
+
+The teacher's gradient is not stopped (as in the source): the KL also pulls the mixture.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
+from trainer.layers.branch_mixing import MixtureOutput
 from trainer.layers.moe import MoEOutput
+from trainer.models.config import NUM_CLASSES
 
 # Paper §3.6, Eq. 2: weight of a rated positive, of a rated negative, of the mined term.
 POSITIVE_WEIGHT = 3.0 / 2.0
@@ -47,6 +59,28 @@ class SegmentLossWeights:
 
 # The reference code's rated-negative weight (1/2): y + 1/2 for every rated label.
 REFERENCE_CODE_WEIGHTS = SegmentLossWeights(rated_negative=1.0 / 2.0)
+
+
+@dataclass(frozen=True)
+class Distillation:
+    """Temperature T and weight λ of a mixture's online distillation (Eq. 16)."""
+
+    temperature: float
+    weight: float
+
+
+# MOD's final scripts (linrongc/solution_youtube8m_v3: parallel_script/ and seg_script/
+# train_mix_nextvlad_final_submission.sh): pre-training T = 1, λ = 1; segment fine-tuning
+# T = 20, λ = 400. Both λ = T², the NeXtVLAD paper's Eq. 16 (§3.4; its 2018 run: T = 3).
+PRETRAIN_DISTILL_TEMPERATURE = 1.0
+FINETUNE_DISTILL_TEMPERATURE = 20.0
+# The source's label losses sum BCE over the classes; Eq. 1 here averages over the C classes,
+# so pre-training's λ is divided by C to keep the source's balance (the objective / C). Eq. 2
+# and the source's segment loss are both per rated example: its λ as is.
+PRETRAIN_DISTILLATION = Distillation(PRETRAIN_DISTILL_TEMPERATURE,
+                                     PRETRAIN_DISTILL_TEMPERATURE**2 / NUM_CLASSES)
+FINETUNE_DISTILLATION = Distillation(FINETUNE_DISTILL_TEMPERATURE,
+                                     FINETUNE_DISTILL_TEMPERATURE**2)
 
 
 def binary_cross_entropy(out: MoEOutput, target: torch.Tensor) -> torch.Tensor:
@@ -115,3 +149,32 @@ def segment_loss(
         count = negatives.sum(dim=1).to(mined.dtype)
         loss = loss + weights.mined * mined / count.clamp(min=1.0)
     return _reduce(loss, valid, reduction)
+
+
+def distillation_loss(
+    out: MixtureOutput,
+    temperature: float,
+    valid: torch.Tensor | None = None,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    """Σ_k KL(softmax(z_e/T) ‖ softmax(z_k/T)) over the C classes, per example → scalar mean
+    (`reduction="none"`: `(B,)`, `valid` not applied). Teacher z_e: the mixture's logits;
+    students z_k: each branch's (`MoEOutput.logits()`)."""
+    teacher = torch.log_softmax(out.logits() / temperature, dim=-1)  # (B, C)
+    students = torch.stack([b.logits() for b in out.branches]) / temperature  # (K, B, C)
+    kl = teacher.exp() * (teacher - torch.log_softmax(students, dim=-1))
+    return _reduce(kl.sum(dim=(0, 2)), valid, reduction)
+
+
+def with_distillation(
+    out: MoEOutput | MixtureOutput,
+    label_loss: Callable[[MoEOutput | MixtureOutput], torch.Tensor],
+    distillation: Distillation,
+    valid: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """A recipe's training loss: `label_loss(out)` (Eq. 1 or 2, a scalar) for one model; for
+    a mixture Eq. 16: the mixture's and every branch's label loss plus λ · distillation."""
+    if not isinstance(out, MixtureOutput):
+        return label_loss(out)
+    total = label_loss(out) + sum(label_loss(branch) for branch in out.branches)
+    return total + distillation.weight * distillation_loss(out, distillation.temperature, valid)

@@ -12,15 +12,19 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
+from trainer.errors import TrainerError
 from trainer.models.config import (
     ContextAwareConfig,
     DBoFConfig,
     EncoderConfig,
     HeadConfig,
+    MixtureConfig,
+    MixtureEncoderConfig,
     NeXtVLADConfig,
     VideoModelConfig,
 )
 from trainer.models.context_aware import ContextAwareModel
+from trainer.models.mixture import MixtureModel
 from trainer.models.video import VideoModel
 
 # How far (relative) a count may be from the paper's and still reproduce it.
@@ -55,6 +59,11 @@ def _video(embedding, fc_dim: int, mixtures: int) -> VideoModelConfig:
 
 def _segment_encoder(video: VideoModelConfig) -> EncoderConfig:
     """Reference design: a NeXtVLAD segment encoder ends at the FC's linear output."""
+    if isinstance(video, MixtureConfig):
+        raise TrainerError(
+            "a mixture cannot be the segment encoder of a context-aware model: the aware "
+            "model has one head, so the mixture's K heads and their distillation would be "
+            "dropped (docs/models.md); fine-tune it with --kind agnostic, or use it as --context")
     nxvlad = isinstance(video.encoder.embedding, NeXtVLADConfig)
     return replace(video.encoder, stop_at_fc=nxvlad)
 
@@ -103,6 +112,17 @@ _TINY = {
 }
 
 
+def _mixture(branch: VideoModelConfig, branches: int) -> MixtureConfig:
+    """K copies of a video model's architecture (own weights each), mixed and distilled."""
+    return MixtureConfig(MixtureEncoderConfig(branch.encoder, branches), branch.head)
+
+
+# Mixtures of NeXtVLADs (MOD, 3rd place of the 3rd challenge, arXiv 1910.12295): name →
+# (branch variant, K). K = 3 as MOD's and the NeXtVLAD paper's mixtures (§3.4).
+MIXTURES = {"mix-nxvlad-3": ("nxvlad-2", 3), "mix-nxvlad-tiny": ("nxvlad-tiny", 3)}
+MIXTURE_SOURCE = "MOD (3rd place, arXiv 1910.12295): K branches of {branch}"
+
+
 def _variants() -> dict[str, Variant]:
     out = {}
     for name, (cfg, paper, ref) in _VIDEO.items():
@@ -117,6 +137,13 @@ def _variants() -> dict[str, Variant]:
     for ctx, seg in (("dbof-tiny", "nxvlad-tiny"), ("nxvlad-tiny", "dbof-tiny")):
         cfg = _pair(_TINY[ctx], _TINY[seg], fc_dim=32, mixtures=2)
         out[f"{ctx}+{seg}"] = Variant(f"{ctx}+{seg}", cfg, "small, for CPU tests and the demo")
+    for name, (branch, k) in MIXTURES.items():
+        out[name] = Variant(name, _mixture(out[branch].config, k),
+                            MIXTURE_SOURCE.format(branch=f"{branch}, K = {k}"))
+    # a mixture as the frozen context encoder (its K encoders side by side)
+    name = "mix-nxvlad-tiny+nxvlad-tiny"
+    cfg = _pair(out["mix-nxvlad-tiny"].config, _TINY["nxvlad-tiny"], fc_dim=32, mixtures=2)
+    out[name] = Variant(name, cfg, "small, for CPU tests and the demo")
     return out
 
 
@@ -126,6 +153,8 @@ VARIANTS: dict[str, Variant] = _variants()
 def build_config(config: VideoModelConfig | ContextAwareConfig) -> nn.Module:
     if isinstance(config, ContextAwareConfig):
         return ContextAwareModel(config)
+    if isinstance(config, MixtureConfig):
+        return MixtureModel(config)
     return VideoModel(config)
 
 

@@ -1,13 +1,17 @@
 """One contract over every registered variant: output shape, no NaN, every trainable
-parameter gets a gradient, frozen ones get none. The full-size ones are marked slow."""
+parameter gets a gradient, frozen ones get none. The full-size ones are marked slow.
+A mixture's loss is its training loss (Eq. 1 of the mixture and of every branch, plus the
+distillation), so the gradient check covers every branch and the gate."""
 from __future__ import annotations
 
 import pytest
 import torch
 
+from trainer.layers.branch_mixing import MixtureOutput
 from trainer.layers.moe import MoEOutput
-from trainer.losses import segment_loss, video_loss
+from trainer.losses import PRETRAIN_DISTILLATION, segment_loss, video_loss, with_distillation
 from trainer.models.context_aware import ContextAwareModel
+from trainer.models.mixture import MixtureModel
 from trainer.registry import VARIANTS, build
 
 B, L, SEGMENT_LEN = 4, 12, 11
@@ -41,8 +45,13 @@ def test_variant_contract(name):
         loss = segment_loss(out, torch.tensor([0, 17, 400, 999]), torch.tensor([1, 0, 1, 0]), negatives)
     else:
         out = model(frames, mask)
-        loss = video_loss(out, torch.rand(B, 1000) < 0.05)
-    assert isinstance(out, MoEOutput)
+        labels = torch.rand(B, 1000) < 0.05
+        loss = with_distillation(out, lambda o: video_loss(o, labels), PRETRAIN_DISTILLATION)
+    assert isinstance(out, MoEOutput | MixtureOutput)
+    assert isinstance(out, MixtureOutput) == isinstance(model, MixtureModel)
+    for branch in getattr(out, "branches", ()):
+        assert isinstance(branch, MoEOutput) and branch.log_p.shape == (B, 1000)
+        assert torch.isfinite(branch.log_p).all() and torch.isfinite(branch.log_not_p).all()
     assert out.log_p.shape == out.log_not_p.shape == (B, 1000)
     assert torch.isfinite(out.log_p).all() and torch.isfinite(out.log_not_p).all()
     assert torch.allclose(out.log_p.exp() + out.log_not_p.exp(), torch.ones(B, 1000), atol=1e-5)

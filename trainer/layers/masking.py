@@ -22,6 +22,15 @@ def dequantize(frames: torch.Tensor, dtype: torch.dtype = torch.float32) -> torc
     return frames
 
 
+def frame_mean(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Mean over real frames: `x (B, L, H)`, `mask (B, L)` → `(B, H)`, divided by the number
+    of real frames; a video with no real frame gives 0."""
+    if mask is None:
+        return x.mean(dim=1)
+    m = mask.to(x.dtype)
+    return torch.einsum("blh,bl->bh", x, m) / m.sum(dim=1, keepdim=True).clamp(min=1.0)
+
+
 def masked_max_mean(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     """Max and mean over real frames: `x (B, L, H)`, `mask (B, L)` → `(B, 2H)` = [max ‖ mean].
 
@@ -29,9 +38,8 @@ def masked_max_mean(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     """
     if mask is None:
         return torch.cat([x.amax(dim=1), x.mean(dim=1)], dim=1)
-    m = mask.to(x.dtype)
-    lengths = m.sum(dim=1, keepdim=True)  # (B, 1)
-    mean = torch.einsum("blh,bl->bh", x, m) / lengths.clamp(min=1.0)
+    lengths = mask.sum(dim=1, keepdim=True)  # (B, 1)
+    mean = frame_mean(x, mask)
     peak = x.masked_fill(~mask[:, :, None], float("-inf")).amax(dim=1)
     peak = torch.where(lengths > 0, peak, torch.zeros_like(peak))
     return torch.cat([peak, mean], dim=1)

@@ -27,6 +27,10 @@ class MoEOutput(NamedTuple):
         """`(B, C)` probabilities p."""
         return self.log_p.exp()
 
+    def logits(self) -> torch.Tensor:
+        """`(B, C)` logits log p − log(1 − p) (finite: both terms are, in log space)."""
+        return self.log_p - self.log_not_p
+
 
 class MixtureOfExperts(nn.Module):
     """`h (B, D)` → `MoEOutput` over `classes`, with `mixtures` experts + 1 dummy expert."""

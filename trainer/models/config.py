@@ -72,7 +72,7 @@ class VideoModelConfig:
 class ContextAwareConfig:
     """Frozen context (video) encoder + trainable segment encoder → concat → FC → gating → MoE."""
 
-    context: EncoderConfig
+    context: EncoderConfig | MixtureEncoderConfig
     segment: EncoderConfig
     fc_dim: int = 2048
     gating_reduction: int = 4  # 0: no gating after the FC
@@ -80,8 +80,31 @@ class ContextAwareConfig:
     head: HeadConfig = field(default_factory=lambda: HeadConfig(mixtures=2))
 
 
+@dataclass(frozen=True)
+class MixtureEncoderConfig:
+    """The encoder of a mixture: `branches` encoders side by side, each its own weights
+    (trainer/models/mixture.py); its output is their encodings concatenated `(B, K·D)`."""
+
+    branch: EncoderConfig
+    branches: int = 3  # K (NeXtVLAD paper §3.4: a mixture of 3)
+
+    @property
+    def fc_dim(self) -> int:
+        """One branch's width D (what sizes an aware FC after it, `aware_config`)."""
+        return self.branch.fc_dim
+
+
+@dataclass(frozen=True)
+class MixtureConfig(VideoModelConfig):
+    """A mixture of K video models sharing the input frames, each with its own MoE head
+    (`head`), mixed by a gate on the frames' mean; trained with online distillation."""
+
+    encoder: MixtureEncoderConfig
+
+
 _CONFIG_CLASSES = {c.__name__: c for c in (DBoFConfig, NeXtVLADConfig, EncoderConfig, HeadConfig,
-                                           VideoModelConfig, ContextAwareConfig)}
+                                           VideoModelConfig, ContextAwareConfig,
+                                           MixtureEncoderConfig, MixtureConfig)}
 
 
 def config_to_dict(cfg) -> dict:

@@ -17,6 +17,7 @@ from torch import nn
 from trainer.layers.context_gating import ContextGating
 from trainer.layers.moe import MixtureOfExperts, MoEOutput
 from trainer.models.config import ContextAwareConfig
+from trainer.models.mixture import build_encoder
 from trainer.models.video import VideoEncoder, VideoModel, init_weights
 
 
@@ -26,7 +27,7 @@ class ContextAwareModel(nn.Module):
     def __init__(self, cfg: ContextAwareConfig):
         super().__init__()
         self.cfg = cfg
-        self.context = VideoEncoder(cfg.context).requires_grad_(False).eval()
+        self.context = build_encoder(cfg.context).requires_grad_(False).eval()
         self.segment = VideoEncoder(cfg.segment)
         joint = self.context.out_dim + self.segment.out_dim
         self.fc = nn.Sequential(

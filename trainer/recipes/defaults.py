@@ -27,10 +27,14 @@ PRETRAIN = {
     "dbof-tiny": (32, 300, 60),  # small: CPU tests and the demo
     "nxvlad-tiny": (32, 300, 60),
 }
+# A mixture of NeXtVLADs (MOD) trains as its branch variant does (the paper has no row for it).
+PRETRAIN |= {"mix-nxvlad-3": PRETRAIN["nxvlad-2"], "mix-nxvlad-tiny": PRETRAIN["nxvlad-tiny"]}
 SEGMENT_BATCH = 128  # §4.2, Tables 3-4
 CONTEXT_MAX_LEN = 150  # Table 4
 # segment encoder's variant: context-agnostic steps (Table 3)
 AGNOSTIC_STEPS = {"nxvlad-2": 12_000, "dbof-3": 8_000, "dbof-tiny": 200, "nxvlad-tiny": 200}
+AGNOSTIC_STEPS |= {"mix-nxvlad-3": AGNOSTIC_STEPS["nxvlad-2"],
+                   "mix-nxvlad-tiny": AGNOSTIC_STEPS["nxvlad-tiny"]}
 AWARE_STEPS = 12_000  # Table 4's most common row
 TINY_AWARE_STEPS = 200
 TINY_CONTEXT_MAX_LEN = 60

@@ -17,13 +17,14 @@ Evaluation on the held-out fold (`--fold K`, §4.1; the rated segments of at mos
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from functools import partial
 
 import torch
 
 from trainer.checkpoint import load_checkpoint
 from trainer.data import Loader, LoaderConfig, StoreIndex, eval_config
 from trainer.errors import TrainerError
-from trainer.losses import segment_loss
+from trainer.losses import FINETUNE_DISTILLATION, segment_loss, with_distillation
 from trainer.metrics import SegmentEvaluation
 from trainer.models.config import config_from_dict, config_to_dict
 from trainer.recipes.defaults import EVAL_VIDEOS, finetune_defaults
@@ -89,8 +90,11 @@ class SegmentTask:
         return net(batch.windows, None)
 
     def loss(self, net, batch) -> torch.Tensor:
-        return segment_loss(self.forward(net, batch), batch.class_index, batch.score,
-                            batch.negatives, valid=batch.valid)
+        """Eq. 2; a mixture adds its branches' Eq. 2 and the distillation (Eq. 16)."""
+        label_loss = partial(segment_loss, class_index=batch.class_index, score=batch.score,
+                             negatives=batch.negatives, valid=batch.valid)
+        return with_distillation(self.forward(net, batch), label_loss, FINETUNE_DISTILLATION,
+                                 batch.valid)
 
     def evaluate(self, model) -> SegmentEvaluation:
         ev = SegmentEvaluation()

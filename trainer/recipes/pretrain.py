@@ -12,12 +12,13 @@ it (at most `--eval-videos`, default 32,000, spread over the ranks) evaluated ev
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from functools import partial
 
 import torch
 
 from trainer.data import Loader, LoaderConfig, StoreIndex, eval_config
 from trainer.errors import TrainerError
-from trainer.losses import video_loss
+from trainer.losses import PRETRAIN_DISTILLATION, video_loss, with_distillation
 from trainer.metrics import VideoEvaluation
 from trainer.models.config import VideoModelConfig, config_to_dict
 from trainer.recipes.defaults import EVAL_VIDEOS, pretrain_defaults
@@ -66,7 +67,10 @@ class VideoTask:
         self.model, self.loader, self.eval_loader = model, loader, eval_loader
 
     def loss(self, net, batch) -> torch.Tensor:
-        return video_loss(net(batch.frames, batch.mask), batch.labels, valid=batch.valid)
+        """Eq. 1; a mixture adds its branches' Eq. 1 and the distillation (Eq. 16)."""
+        label_loss = partial(video_loss, labels=batch.labels, valid=batch.valid)
+        return with_distillation(net(batch.frames, batch.mask), label_loss,
+                                 PRETRAIN_DISTILLATION, batch.valid)
 
     def evaluate(self, model) -> VideoEvaluation:
         ev = VideoEvaluation()
