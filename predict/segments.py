@@ -92,7 +92,7 @@ def predict_segments(store: str, run: str, out: str, batch_size: int = 1024,
     from trainer.recipes.runtime import autocast, barrier, start_ranks, stop_ranks
 
     ranks = start_ranks(device)
-    prediction_threads(ranks, torch_threads)
+    prediction_threads(ranks, torch_threads, threads)
     try:
         model, kind, max_len = load_run(run)
         model.to(ranks.device)
@@ -137,21 +137,25 @@ def predict_segments(store: str, run: str, out: str, batch_size: int = 1024,
         stop_ranks()
 
 
-def prediction_threads(ranks, torch_threads: int | None) -> None:
-    """CUDA: TF32 matmuls allowed (the fp32 default). CPU: torch gets every core of this
-    rank unless told otherwise. The candidate loader needs little of them: alone it
-    gives ~133,000 candidates/s on one core, against ~1,500/s through nxvlad-tiny; its
-    threads sleep while their slots are full. (Training leaves a core per loader
-    thread instead, `trainer.recipes.runtime.cpu_threads`: its loader is busier.)
-    Measured in benchmarks/RESULTS.md, `## predict segments`."""
+def prediction_threads(ranks, torch_threads: int | None, loader_threads: int = 2) -> None:
+    """CUDA: TF32 matmuls allowed (the fp32 default). CPU: `torch_threads` for torch if
+    given, else the recipes' rule (`cpu_threads`: the cores less a core per loader thread,
+    at least 1). The candidate loader needs little CPU (alone ~133,000 candidates/s on one
+    core, against ~1,500/s through nxvlad-tiny), but on the shared 2-core VM torch on both
+    cores predicted at 0.58x the rate of torch on one (`bench_predict.py
+    --threads-compare`, benchmarks/RESULTS.md `## predict segments`)."""
     import torch
+
+    from trainer.recipes.runtime import cpu_threads
 
     if ranks.device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
         return
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    torch.set_num_threads(torch_threads or max(1, (cores or 1) // ranks.world))
+    if torch_threads:
+        torch.set_num_threads(torch_threads)
+    else:
+        cpu_threads(ranks, loader_threads)
 
 
 def _probs(model, kind: str, batch) -> np.ndarray:

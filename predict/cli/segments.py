@@ -22,7 +22,8 @@ import click
               help="fp32 (TF32 matmuls on CUDA) or bf16 autocast (faster on GPUs; moves some "
                    "entries across the top-K cut, docs/predictions.md).")
 @click.option("--torch-threads", type=click.IntRange(min=1), default=None,
-              help="CPU: torch's threads (default: every core; the loader needs little).")
+              help="CPU: torch's threads (default: the cores less one per loader thread, at "
+                   "least 1).")
 @click.option("--overwrite", is_flag=True,
               help="Replace NAME.npy / NAME.segments.parquet if they exist (else refused).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
