@@ -13,12 +13,18 @@ costs even when another job takes turns on its core):
   tfrecord-pkg   the `tfrecord` pip package's sequence_loader -> numpy frames (no CRC check)
   memcpy         numpy copy of the same bytes into a pre-touched buffer: the physical limit
 
+`--targets host,avx2` measures `ours` once per target, in turn, `--rounds` times
+(the other methods once): numba compiled for this CPU and for an AVX2-only one
+(benchmarks/isa.py); each row says its target, and the last line the median of the
+per-round ratios of CPU time, avx2 / host.
+
 Data: ~`--size-mb` MB of synthetic frame-level shards made with `ingest synth` under
 bench_data/codec/ (reused when present). Run:
 
     .venv/bin/python benchmarks/bench_decode.py --help
     .venv/bin/python benchmarks/bench_decode.py                     # ~800 MB, 3 repeats
     .venv/bin/python benchmarks/bench_decode.py --size-mb 100 --repeats 2   # quick
+    .venv/bin/python benchmarks/bench_decode.py --methods ours --targets host,avx2 --rounds 3
 """
 from __future__ import annotations
 
@@ -31,6 +37,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+import isa
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "bench_data" / "codec"
@@ -183,16 +191,20 @@ def worker(method: str, files: list[str], repeats: int) -> dict:
         videos = one_pass()
         times.append(time.perf_counter() - start)
         cpu.append(time.process_time() - start_cpu)
-    return {"method": method, "times": times, "cpu": cpu, "videos": videos,
-            "bytes": sum(os.path.getsize(f) for f in files)}
+    out = {"method": method, "times": times, "cpu": cpu, "videos": videos,
+           "bytes": sum(os.path.getsize(f) for f in files)}
+    if method == "ours":
+        out["target"] = isa.describe()
+    return out
 
 
 # ---------------------------------------------------------------- driver
 
 
-def measure(method: str, files: list[Path], repeats: int) -> dict | None:
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="",
-               OMP_NUM_THREADS="1", NUMBA_NUM_THREADS="1")
+def measure(method: str, files: list[Path], repeats: int, target: str = "host") -> dict | None:
+    env = isa.target_env(target, dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3",
+                                      CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1",
+                                      NUMBA_NUM_THREADS="1"))
     cmd = [sys.executable, __file__, "--worker", method, "--repeats", str(repeats),
            *map(str, files)]
     proc = subprocess.run(cmd, check=False, capture_output=True, text=True, env=env, cwd=ROOT)
@@ -205,7 +217,7 @@ def measure(method: str, files: list[Path], repeats: int) -> dict | None:
 def table(results: list[dict]) -> str:
     """Medians of wall time and of CPU time (all threads; every method is pinned to one
     core, so CPU time is the work done, not inflated when a neighbour's job shares the core)."""
-    ours = next(r for r in results if r["method"] == "ours")
+    ours = next(r for r in results if r["method"].startswith("ours"))
     w_ours, c_ours = statistics.median(ours["times"]), statistics.median(ours["cpu"])
     lines = [("| method | wall s | CPU s | first wall s | videos/s (CPU) | MB/s (CPU) "
               "| ours x faster (wall) | ours x faster (CPU) |"),
@@ -225,6 +237,10 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3, help="passes per method (median reported)")
     ap.add_argument("--methods", default=",".join(METHODS),
                     help=f"comma-separated subset of {','.join(METHODS)}")
+    ap.add_argument("--targets", default="host",
+                    help="comma-separated numba targets of `ours`: host, avx2 (benchmarks/isa.py)")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="with several targets: rounds of `ours` on each target in turn")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("files", nargs="*", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -238,14 +254,29 @@ def main() -> None:
             while fh.read(64 << 20):
                 pass
     print(f"{len(files)} shards, {total / 1e6:.0f} MB, {args.repeats} repeats, one core each")
-    results = []
+    targets = isa.check(args.targets)
+    results, rounds = [], []
     for method in args.methods.split(","):
-        r = measure(method, files, args.repeats)
-        if r is not None:
-            results.append(r)
-            print(f"  {method}: wall {', '.join(f'{t:.3f}' for t in r['times'])} s; "
-                  f"CPU {', '.join(f'{t:.3f}' for t in r['cpu'])} s", flush=True)
+        for i in range(args.rounds if method == "ours" else 1):
+            per_target = {}
+            for target in targets if method == "ours" else ["host"]:
+                r = measure(method, files, args.repeats, target)
+                if r is None:
+                    continue
+                if method == "ours":
+                    r["method"] = f"ours ({target}: {r['target']})"
+                    per_target[target] = statistics.median(r["cpu"])
+                results.append(r)
+                print(f"  {r['method']}: wall {', '.join(f'{t:.3f}' for t in r['times'])} s; "
+                      f"CPU {', '.join(f'{t:.3f}' for t in r['cpu'])} s", flush=True)
+            if len(per_target) > 1:
+                rounds.append(per_target)
     print(table(results))
+    for target in targets[1:]:
+        ratios = [r[target] / r[targets[0]] for r in rounds]
+        print(f"ours, CPU time {target} / {targets[0]}: median of {len(ratios)} per-round "
+              f"ratios {statistics.median(ratios):.3f} (range {min(ratios):.3f}-"
+              f"{max(ratios):.3f})")
 
 
 if __name__ == "__main__":

@@ -24,6 +24,11 @@ them in the submission's lists). Then, each as a whole process and the median of
 - with --twin, the former `predict evaluate` path (`read_submission` into a dict of
   Python strings, then `mean_average_precision`), as a subprocess.
 
+`--targets host,avx2` runs validate and evaluate once per target in each repeat,
+in turn: numba compiled for this CPU and for an AVX2-only one (benchmarks/isa.py);
+both must give the same MAP, and the last lines give the median of the per-repeat
+ratios avx2 / host.
+
 Peak RSS is each child's ru_maxrss (wait4); the files are built in a child of their
 own so that this process stays small (a child's maxrss starts from its parent's).
 """
@@ -44,6 +49,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import isa
+
 VOCAB = Path("/work/shared/data/segment_vocabulary.csv")
 SEGMENTS = 1_704_348  # the real test set's candidate segments
 PER_VIDEO = 20
@@ -133,11 +141,13 @@ def former_twin(sub: str, truth: str, k: int) -> dict:
     return {"map": result.map, "classes": result.classes}
 
 
-def timed(cmd: list[str]) -> tuple[float, float, str]:
-    """(wall seconds, peak RSS MB, stdout) of a whole process (its rusage from wait4)."""
+def timed(cmd: list[str], target: str = "host") -> tuple[float, float, str]:
+    """(wall seconds, peak RSS MB, stdout) of a whole process (its rusage from wait4), its
+    numba kernels compiled for `target` (benchmarks/isa.py)."""
     with tempfile.TemporaryFile() as err:
         t = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, cwd=ROOT)
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, cwd=ROOT,
+                                env=isa.target_env(target))
         out = proc.stdout.read().decode()
         _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - t
@@ -170,6 +180,9 @@ def main() -> None:
                     "(default: a new folder in /dev/shm, or the temp dir)")
     ap.add_argument("--keep", action="store_true", help="keep the built files")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--targets", default="host",
+                    help="comma-separated numba targets of validate and evaluate: host, avx2 "
+                         "(benchmarks/isa.py)")
     ap.add_argument("--worker", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.worker:
@@ -181,6 +194,7 @@ def main() -> None:
         fn = official_loop if kind == "official" else former_twin
         print(json.dumps(fn(args[0], args[1], int(args[2]))))
         return
+    targets = isa.check(a.targets)
     base = a.dir or Path("/dev/shm" if Path("/dev/shm").is_dir() else tempfile.gettempdir())
     folder = Path(tempfile.mkdtemp(prefix="bench_evaluate_", dir=base))
     try:
@@ -193,21 +207,35 @@ def main() -> None:
               f"{min(a.k, a.segments)} entries of {a.segments} segments, built in "
               f"{time.perf_counter() - t:.1f} s in {folder}; K = 100,000; "
               f"median of {a.repeats}", flush=True)
-        runs: dict = {"validate": [], "evaluate": []}
+        for t in targets:  # numba's cache is warm (compiled here on a target's first run)
+            timed(cli("evaluate", str(sub), "--truth", str(truth)), t)  # validates too
+        runs: dict = {(kind, t): [] for t in targets for kind in ("validate", "evaluate")}
         for _ in range(a.repeats):
-            runs["validate"].append(timed(cli("validate", str(sub))))
-            runs["evaluate"].append(timed(cli("evaluate", str(sub), "--truth", str(truth),
-                                              "--json")))
-        project = json.loads(runs["evaluate"][0][2])
-        med = {kind: (statistics.median(r[0] for r in rs), max(r[1] for r in rs))
-               for kind, rs in runs.items()}
-        ratio = statistics.median(e[0] / v[0] for e, v in zip(runs["evaluate"], runs["validate"]))
-        print(f"baseline predict validate: {med['validate'][0]:.2f} s, "
-              f"peak RSS {med['validate'][1]:.0f} MB")
-        print(f"project predict evaluate: {med['evaluate'][0]:.2f} s, peak RSS "
-              f"{med['evaluate'][1]:.0f} MB; MAP {project['map']:.6f} over "
-              f"{project['classes']} classes; vs validate {ratio:.2f}x (median of "
-              f"per-repeat ratios)")
+            for t in targets:
+                runs["validate", t].append(timed(cli("validate", str(sub)), t))
+                runs["evaluate", t].append(timed(cli("evaluate", str(sub), "--truth",
+                                                     str(truth), "--json"), t))
+        results = {t: json.loads(runs["evaluate", t][0][2]) for t in targets}
+        project = results[targets[0]]
+        assert all(r == project for r in results.values()), results
+        med = {key: (statistics.median(r[0] for r in rs), max(r[1] for r in rs))
+               for key, rs in runs.items()}
+        for t in targets:
+            ratio = statistics.median(e[0] / v[0] for e, v in zip(runs["evaluate", t],
+                                                                   runs["validate", t]))
+            print(f"baseline predict validate ({t}): {med['validate', t][0]:.2f} s, "
+                  f"peak RSS {med['validate', t][1]:.0f} MB")
+            print(f"project predict evaluate ({t}): {med['evaluate', t][0]:.2f} s, peak RSS "
+                  f"{med['evaluate', t][1]:.0f} MB; MAP {project['map']:.6f} over "
+                  f"{project['classes']} classes; vs validate {ratio:.2f}x (median of "
+                  f"per-repeat ratios)")
+        for t in targets[1:]:
+            for kind in ("validate", "evaluate"):
+                rel = statistics.median(x[0] / h[0] for x, h in zip(runs[kind, t],
+                                                                   runs[kind, targets[0]]))
+                print(f"predict {kind}, {t} / {targets[0]}: {rel:.2f} (median of per-repeat "
+                      f"ratios)")
+        med["evaluate"] = med["evaluate", targets[0]]
         others = [("official", a.official_repeats)] + ([("twin", 1)] if a.twin else [])
         for kind, repeats in others:
             rs = [timed([*worker(kind), str(sub), str(truth), "100000"])

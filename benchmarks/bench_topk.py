@@ -32,10 +32,21 @@ has (one `write` of a ready buffer into the same folder), and a process that onl
 imports the command (`python -c "import predict.cli.main"`). The CSV goes to
 --out-dir (default bench_data/predict/, on disk; /dev/shm for tmpfs).
 `--keep` leaves the generated files; by default they are deleted at the end.
+
+`--targets host,avx2` runs every timed step (top_k, the whole command) once per
+target, in turn within each repeat, against the same floors: `host` compiles numba
+for this CPU, `avx2` for an AVX2-only one; `ISA:PATH` also forces the top-k's
+compress path, e.g. `host:permute` (benchmarks/isa.py). Every target must select
+the same rows (checked). Each output line names the
+target and the compress path it ran. Worker processes and the command wait at
+numba's barriers with OMP_WAIT_POLICY=PASSIVE, as `predict topk` sets it (unless
+the variable is set), so that spinning threads do not measure the other jobs of
+a shared machine.
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import subprocess
 import sys
@@ -48,11 +59,20 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.append(str(ROOT))  # after PYTHONPATH: benchmarks/ab_topk.py runs another checkout
 sys.path.insert(0, str(ROOT / "benchmarks"))
+import isa
 from vm_memory import warm_guest_memory
 
 DATA = ROOT / "bench_data" / "predict"
 READ_CHUNK = 16 << 20
 WARM_GB = 2.0  # memory touched and freed before each timed run (benchmarks/vm_memory.py)
+
+
+def run_env(target: str, base: dict | None = None) -> dict:
+    """The environment of a worker or command on `target` (benchmarks/isa.py), waiting at
+    numba's barriers as `predict topk` does (OMP_WAIT_POLICY=PASSIVE unless set)."""
+    env = isa.target_env(target, base)
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    return env
 
 
 def rss_anon_kb() -> int:
@@ -109,6 +129,7 @@ def read_pass(path: Path) -> float:
 
 
 def worker_topk(paths: list[str], k: int, warm_memory: bool = True) -> dict:
+    from predict import simd
     from predict.predictions import open_ensemble
     from predict.submission import write_submission
     from predict.topk import top_k
@@ -128,7 +149,10 @@ def worker_topk(paths: list[str], k: int, warm_memory: bool = True) -> dict:
     t2 = time.perf_counter()
     size = out.stat().st_size
     out.unlink()
-    return {"topk_s": t1 - t0, "topk_cpu_s": c1 - c0, "csv_s": t2 - t1, "anon_peak_mb": peak.peak_mb, "csv_mb": size / 2**20}
+    return {"topk_s": t1 - t0, "topk_cpu_s": c1 - c0, "csv_s": t2 - t1, "anon_peak_mb": peak.peak_mb,
+            "csv_mb": size / 2**20, "rows_sha": hashlib.sha256(rows.copy()).hexdigest()[:16],
+            # an older checkout (benchmarks/ab_topk.py) has a single path
+            "target": isa.describe() if hasattr(simd, "target_isa") else "one path"}
 
 
 def worker_validate(paths: list[str], k: int) -> dict:
@@ -171,14 +195,15 @@ def worker_argpartition(paths: list[str], k: int, n_classes: int) -> dict:
     return {"gather_s": gather * scale, "select_s": select * scale, "total_s": (gather + select) * scale}
 
 
-def whole_process(path: Path, out_dir: Path, repeats: int) -> None:
-    """`predict topk` as a whole process beside its three floors, alternating."""
+def whole_process(path: Path, out_dir: Path, repeats: int, targets: list[str]) -> None:
+    """`predict topk` as a whole process on each target beside its three floors, alternating."""
     out = out_dir / "bench_process.csv"
     predict = [str(Path(sys.executable).with_name("predict")), "topk", str(path), "--out", str(out)]
-    subprocess.run(predict, check=True, capture_output=True, cwd=ROOT)  # numba's cache is warm
+    for target in targets:  # numba's cache is warm (compiled here on a target's first run)
+        subprocess.run(predict, check=True, capture_output=True, cwd=ROOT, env=run_env(target))
     raw = np.ones(out.stat().st_size, np.uint8)
     out.unlink()
-    rows = []
+    rows = {t: [] for t in targets}
     for _ in range(repeats):
         read = read_pass(path)
         t = time.perf_counter()
@@ -189,21 +214,32 @@ def whole_process(path: Path, out_dir: Path, repeats: int) -> None:
             f.write(raw)
         write = time.perf_counter() - t
         out.unlink()
-        warm_guest_memory(WARM_GB)
-        t = time.perf_counter()
-        subprocess.run(predict, check=True, capture_output=True, cwd=ROOT)
-        whole = time.perf_counter() - t
-        out.unlink()
-        rows.append((whole, read, write, imports))
-        print(f"  predict topk {whole:.2f} s; floors: read {read:.2f} + raw write {write:.2f} "
-              f"+ imports {imports:.2f} = {read + write + imports:.2f} s; "
-              f"{whole / (read + write + imports):.2f}x", flush=True)
-    med = [float(np.median(col)) for col in zip(*rows)]
-    ratio = float(np.median([r[0] / sum(r[1:]) for r in rows]))
-    print(f"whole predict topk, 1 model: {med[0]:.2f} s; floors (medians): read pass "
-          f"{med[1]:.2f} s + raw write of the CSV's {raw.nbytes / 1e9:.2f} GB {med[2]:.2f} s + "
-          f"imports {med[3]:.2f} s = {sum(med[1:]):.2f} s; {ratio:.2f}x (median of "
-          f"per-repeat ratios; target <= 2.5x)")
+        floor = read + write + imports
+        line = []
+        for target in targets:
+            warm_guest_memory(WARM_GB)
+            t = time.perf_counter()
+            subprocess.run(predict, check=True, capture_output=True, cwd=ROOT,
+                           env=run_env(target))
+            whole = time.perf_counter() - t
+            out.unlink()
+            rows[target].append((whole, read, write, imports))
+            line.append(f"{target} {whole:.2f} s, {whole / floor:.2f}x")
+        print(f"  floors: read {read:.2f} + raw write {write:.2f} + imports {imports:.2f} = "
+              f"{floor:.2f} s; predict topk: {'; '.join(line)}", flush=True)
+    for target in targets:
+        med = [float(np.median(col)) for col in zip(*rows[target])]
+        ratio = float(np.median([r[0] / sum(r[1:]) for r in rows[target]]))
+        print(f"whole predict topk, 1 model, {target}: {med[0]:.2f} s; floors (medians): read "
+              f"pass {med[1]:.2f} s + raw write of the CSV's {raw.nbytes / 1e9:.2f} GB "
+              f"{med[2]:.2f} s + imports {med[3]:.2f} s = {sum(med[1:]):.2f} s; {ratio:.2f}x "
+              f"(median of per-repeat ratios; target <= 2.5x)")
+    if len(targets) > 1:
+        base = rows[targets[0]]
+        for target in targets[1:]:
+            rel = np.median([r[0] / b[0] for r, b in zip(rows[target], base)])
+            print(f"whole predict topk, {target} / {targets[0]}: {rel:.2f} (median of "
+                  f"per-repeat ratios)")
 
 
 def run_worker(args: list[str], env: dict | None = None) -> dict:
@@ -213,15 +249,25 @@ def run_worker(args: list[str], env: dict | None = None) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def interleaved(repeats: int, paths: list[str], k: int, cold: bool) -> tuple[dict, float, float]:
-    """Medians of the project's run and of the read pass over the same files, taken
-    alternately (a read pass, then a run, per repeat), and the median of their ratios."""
-    runs, reads = [], []
+def interleaved(repeats: int, paths: list[str], k: int, cold: bool,
+                targets: list[str]) -> tuple[dict, float, dict]:
+    """Per target, the medians of the project's runs; the median read pass over the same
+    files; per target, the median of the per-repeat ratios run / read. Taken alternately (a
+    read pass, then a run per target, per repeat); every run must select the same rows."""
+    runs, reads = {t: [] for t in targets}, []
     for _ in range(repeats):
         reads.append(sum(read_pass(Path(p)) for p in paths))
-        runs.append(run_worker(["topk-cold" if cold else "topk", str(k), *paths]))
-    proj = {key: float(np.median([r[key] for r in runs])) for key in runs[0]}
-    ratio = float(np.median([r["topk_s"] / b for r, b in zip(runs, reads)]))
+        for t in targets:
+            runs[t].append(run_worker(["topk-cold" if cold else "topk", str(k), *paths],
+                                      env=run_env(t)))
+    shas = {r["rows_sha"] for rs in runs.values() for r in rs}
+    assert len(shas) == 1, f"the targets selected different rows: {shas}"
+    proj, ratio = {}, {}
+    for t, rs in runs.items():
+        proj[t] = {key: float(np.median([r[key] for r in rs])) for key in rs[0]
+                   if isinstance(rs[0][key], float)}
+        proj[t]["target"] = rs[0]["target"]
+        ratio[t] = float(np.median([r["topk_s"] / b for r, b in zip(rs, reads)]))
     return proj, float(np.median(reads)), ratio
 
 
@@ -247,6 +293,10 @@ def main() -> None:
                          "a read pass + a raw write of its CSV + the imports")
     ap.add_argument("--out-dir", type=Path, default=DATA,
                     help="where --process writes the CSV (default bench_data/predict/)")
+    ap.add_argument("--targets", default="host",
+                    help="comma-separated: host, avx2 (numba compiled for an AVX2-only CPU), "
+                         "each with an optional :PATH forcing the compress path "
+                         "(compress, permute, scalar); default host")
     ap.add_argument("--cold", action="store_true",
                     help="no memory warm-up before the timed runs (see warm_guest_memory)")
     ap.add_argument("--worker", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
@@ -270,25 +320,29 @@ def main() -> None:
     gb = paths[0].stat().st_size / 1e9
     print(f"# {a.rows} segments x 1000 classes, {gb:.2f} GB per model, K = {a.k}, "
           f"median of {a.repeats}")
+    targets = isa.check(a.targets)
     for n in sorted({1, a.models}):
         sel = [str(p) for p in paths[:n]]
-        proj, read_s, ratio = interleaved(a.repeats, sel, a.k, a.cold)
+        projs, read_s, ratios = interleaved(a.repeats, sel, a.k, a.cold, targets)
         print(f"baseline (b) sequential read, {n} model(s): {read_s:.2f} s "
               f"({n * gb / read_s:.2f} GB/s)")
-        print(f"project top_k, {n} model(s): {proj['topk_s']:.2f} s "
-              f"({proj['topk_cpu_s']:.1f} s CPU) "
-              f"(+ CSV {proj['csv_s']:.2f} s, {proj['csv_mb']:.0f} MB), "
-              f"anon peak {proj['anon_peak_mb']:.0f} MB; "
-              f"vs read pass: {ratio:.2f}x (median of per-repeat ratios)")
+        for t, proj in projs.items():
+            print(f"project top_k, {n} model(s), {t} ({proj['target']}): "
+                  f"{proj['topk_s']:.2f} s ({proj['topk_cpu_s']:.1f} s CPU) "
+                  f"(+ CSV {proj['csv_s']:.2f} s, {proj['csv_mb']:.0f} MB), "
+                  f"anon peak {proj['anon_peak_mb']:.0f} MB; "
+                  f"vs read pass: {ratios[t]:.2f}x (median of per-repeat ratios)")
         if a.full:
             continue
+        proj = projs[targets[0]]
         base = median_of(1, lambda sel=sel: run_worker(
             ["argpartition", str(a.k), str(a.baseline_classes), *sel]))
         print(f"baseline (a) argpartition per column, {n} model(s): {base['total_s']:.1f} s "
               f"(extrapolated from {a.baseline_classes} classes: gather {base['gather_s']:.1f} s, "
-              f"select {base['select_s']:.1f} s); project is {base['total_s'] / proj['topk_s']:.1f}x faster")
+              f"select {base['select_s']:.1f} s); project ({targets[0]}) is "
+              f"{base['total_s'] / proj['topk_s']:.1f}x faster")
     if a.process:
-        whole_process(paths[0], a.out_dir, a.repeats)
+        whole_process(paths[0], a.out_dir, a.repeats, targets)
     if a.validate:
         v = run_worker(["validate", str(a.k), str(paths[0])])
         print(f"validate a 1-model submission: project {v['fast_s']:.2f} s, exact check alone "

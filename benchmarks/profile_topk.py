@@ -15,7 +15,8 @@ the median of the per-repeat finish ratios (project / former).
 words) split two ways: each thread a half of the rows, or each thread a half of
 every row (the scan's split by classes before 2026-11-26); and times the scan with
 every class switched off (floor 0xFFFF: nothing is appended), which is its
-compress phase alone.
+compress phase alone, with each of the compress paths (predict/simd.py). The
+stages use the compile target's path (`YT8M_COMPRESS` chooses another).
 """
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ from bench_topk import DATA, generate, read_pass
 from vm_memory import warm_guest_memory
 
 from ingest.jit import njit
+from predict import simd
 from predict import topk as T
 from predict import topk_kernels as K
 from predict.predictions import open_ensemble, prefault
@@ -124,20 +126,25 @@ def read_splits(model, repeats: int) -> None:
 
 
 def scan_nothing(model, k: int, repeats: int) -> None:
-    """Median seconds of the scan with every class switched off: the compress phase."""
+    """Median seconds of the scan with every class switched off: the compress phase, per
+    compress path (simd.PATHS, taken in turn; the target's own path marked)."""
     n, n_cls = model.shape
     off_v = np.full(n_cls, T.UNSET_FLOOR, np.uint16)
     off_k = np.full(n_cls, np.iinfo(np.uint64).max, np.uint64)
     buf = np.empty((n_cls, T.capacity(k)), np.uint32)
-    times = []
+    times = {path: [] for path in simd.PATHS}
     for _ in range(repeats):
-        state = T._ScanState(n, n_cls)
-        t0 = time.perf_counter()
-        T._scan_all([model], T.BLOCK_ROWS, state, np.ones(n_cls, bool), off_v, off_k, 0, k,
-                    buf, tqdm(disable=True))
-        times.append(time.perf_counter() - t0)
-        assert not state.cnt.any()
-    print(f"scan appending nothing (its compress phase): {statistics.median(times):.3f} s")
+        for path in simd.PATHS:
+            state = T._ScanState(n, n_cls, simd.path_index(path))
+            t0 = time.perf_counter()
+            T._scan_all([model], T.BLOCK_ROWS, state, np.ones(n_cls, bool), off_v, off_k, 0,
+                        k, buf, tqdm(disable=True))
+            times[path].append(time.perf_counter() - t0)
+            assert not state.cnt.any()
+    own = simd.compress_path()
+    print(f"scan appending nothing (its compress phase), {simd.target_isa().cpu} target: "
+          + ", ".join(f"{p}{' (own)' if p == own else ''} {statistics.median(t):.3f} s"
+                      for p, t in times.items()))
 
 
 def stages(model, k: int, scanned: np.ndarray, seed: int = 0) -> tuple[dict, T._ScanState]:
@@ -151,7 +158,7 @@ def stages(model, k: int, scanned: np.ndarray, seed: int = 0) -> tuple[dict, T._
     t.append(time.perf_counter())
     fv, fk = T.starting_floors([model], k, seed)
     t.append(time.perf_counter())
-    state = T._ScanState(n, n_cls)
+    state = T._ScanState(n, n_cls, simd.path_index())
     T._scan_all([model], T.BLOCK_ROWS, state, np.ones(n_cls, bool), fv, fk, seed, k, buf,
                 tqdm(disable=True))
     t.append(time.perf_counter())

@@ -39,6 +39,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ingest.errors import IngestError
+from predict import simd
 from predict import topk_kernels as K
 from predict.predictions import QUANT_SCALE, prefault
 
@@ -54,10 +55,11 @@ UNSET_FLOOR = np.uint16(0xFFFF)  # switches a class off for a rescan: no score i
 
 
 def top_k(models, k: int = DEFAULT_K, seed: int = 0, block_rows: int = BLOCK_ROWS,
-          progress: bool | None = None) -> np.ndarray:
+          progress: bool | None = None, compress: str | None = None) -> np.ndarray:
     """Top-k rows per class of the rounded mean of `models`, best first.
 
-    models: list of (N, C) uint16 arrays (memory maps), values 0..9999.
+    models: list of (N, C) uint16 arrays (memory maps), values 0..9999. compress: one
+    of simd.PATHS, the scan's compare-and-compress (default: the compile target's).
     Returns (C, min(k, N)) int32 row indices (a view of the candidate buffers).
     """
     n, n_cls = _check(models, k)
@@ -66,7 +68,7 @@ def top_k(models, k: int = DEFAULT_K, seed: int = 0, block_rows: int = BLOCK_ROW
     for m in models:  # map the files' pages in one call each, not a fault per 64 KB
         prefault(m)
     fv, fk = starting_floors(models, k, seed)
-    state = _ScanState(n, n_cls)
+    state = _ScanState(n, n_cls, simd.path_index(compress))
     show = n >= PROGRESS_MIN_ROWS if progress is None else progress
     with tqdm(total=n, desc="top-k", unit="row", unit_scale=True, file=sys.stderr,
               disable=not show) as bar:
@@ -109,9 +111,10 @@ def _check(models, k: int) -> tuple[int, int]:
 
 
 class _ScanState:
-    """Per-class scan counters: entries, epoch starts, scores above 9999."""
+    """Per-class scan counters (entries, epoch starts, scores above 9999), the compress path."""
 
-    def __init__(self, n: int, n_cls: int):
+    def __init__(self, n: int, n_cls: int, path: int):
+        self.path = path  # simd.path_index(): the compress path of every scan
         n_epochs = -(-n // K.EPOCH_ROWS)
         self.cnt = np.zeros(n_cls, np.int64)
         self.invalid = np.zeros(n_cls, np.int64)
@@ -131,7 +134,7 @@ def _scan_all(models, block_rows, state, active, fv, fk, seed, k, buf, bar) -> N
         if r0 & K.ROW_MASK == 0 and epoch:
             state.epoch_pos[active, epoch] = state.cnt[active]
         K.scan(vals, r0, epoch, fv, fk, seed, k, buf, state.cnt, state.epoch_pos,
-               state.invalid, hits, ends)
+               state.invalid, hits, ends, state.path)
         bar.update(len(vals))
 
 

@@ -131,17 +131,18 @@ def scan_scratch(n_cls: int, n_threads: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 @njit
-def scan(vals, row0, epoch, fv, fk, seed, k, buf, cnt, epoch_pos, invalid, hits, ends):
+def scan(vals, row0, epoch, fv, fk, seed, k, buf, cnt, epoch_pos, invalid, hits, ends, path):
     """Append every score of a block at or above its class's floor to the class's buffer.
 
     vals (B, C) uint16, rows row0.. of one epoch; fv (C,) uint16 floor scores (the
     SIMD compare), fk (C,) uint64 composite floors; buf (C, cap) uint32; cnt (C,)
     int64 entries per class; invalid (C,) counts scores above 9999 (not appended);
-    hits, ends: `scan_scratch`. In rounds of SUB_ROWS rows, two parallel phases:
-    compress, each thread over whole rows of its share of the round (a row read
-    front to back: split by classes instead, each thread read half of every row and
-    the scan ran at half the memory speed), the hits of each class chunk and tile
-    packed into their own run (predict/simd.py); then append, each thread over its
+    hits, ends: `scan_scratch`; path: `simd.path_index()`, how hits are compressed.
+    In rounds of SUB_ROWS rows, two parallel phases: compress, each thread over
+    whole rows of its share of the round (a row read front to back: split by
+    classes instead, each thread read half of every row and the scan ran at half
+    the memory speed), the hits of each class chunk and tile packed into their
+    own run (predict/simd.py); then append, each thread over its
     chunks' runs in row order. Only a hit flagged "look closer" (at its floor, or
     above 9999) is checked one by one; a full buffer is compacted to its k best,
     after which the chunk's remaining hits of the round are all checked.
@@ -149,7 +150,7 @@ def scan(vals, row0, epoch, fv, fk, seed, k, buf, cnt, epoch_pos, invalid, hits,
     n_rows = vals.shape[0]
     for s0 in range(0, n_rows, SUB_ROWS):
         s1 = min(s0 + SUB_ROWS, n_rows)
-        _compress_round(vals, s0, s1, fv, hits, ends)
+        _compress_round(vals, s0, s1, fv, hits, ends, path)
         _append_round(s0, s1, row0, k, seed, epoch, fv, fk, buf, cnt, epoch_pos, invalid,
                       hits, ends)
 
@@ -169,7 +170,7 @@ def _share(s0, s1, n_parts, part):
 
 
 @njit(parallel=True)
-def _compress_round(vals, s0, s1, fv, hits, ends):
+def _compress_round(vals, s0, s1, fv, hits, ends, path):
     """Phase 1 of a round: rows [s0, s1) split among n_parts; hits[part, chunk] packed per
     tile, ends[part, chunk, tile] = where each tile's run ends."""
     n_cls = vals.shape[1]
@@ -186,7 +187,7 @@ def _compress_round(vals, s0, s1, fv, hits, ends):
                         c0 = g * LANES
                         tag = ((r - t0) << TILE_TAG_SHIFT) | (g - g0)
                         n = compress_hits(vals, r, c0, min(LANES, n_cls - c0), fv, tag,
-                                          hits[part, h], n)
+                                          hits[part, h], n, path)
                     ns[h] = n
             ends[part, :, (t0 - r_lo) // TILE_ROWS] = ns
 

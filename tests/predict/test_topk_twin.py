@@ -46,16 +46,18 @@ def random_models(rng, n_rows, n_models, high, n_cls=1000):
     return [rng.integers(0, high, (n_rows, n_cls)).astype(np.uint16) for _ in range(n_models)]
 
 
+@pytest.mark.parametrize("compress", simd.PATHS)
 @pytest.mark.parametrize(
     "n_rows,n_models,high,k,block,n_cls",
     [(500, 1, 4, 37, 64, 1000), (700, 3, 6, 100, 129, 1000), (300, 2, 3, 300, 1000, 1000),
      (250, 1, N_BUCKETS, 40, 33, 1000), (120, 4, 2, 500, 50, 1000), (1, 1, 5, 3, 8, 1000),
      (40_000, 1, N_BUCKETS, 900, 4096, 40), (30_000, 2, 30, 2000, 8192, 7)],
 )
-def test_top_k_equals_twin(n_rows, n_models, high, k, block, n_cls):
+def test_top_k_equals_twin(n_rows, n_models, high, k, block, n_cls, compress):
+    """Every compress path (the target's and the others, forced) selects what the twin does."""
     rng = np.random.default_rng(n_rows + n_models)
     models = random_models(rng, n_rows, n_models, high, n_cls)
-    sel = top_k(models, k=k, seed=7, block_rows=block)
+    sel = top_k(models, k=k, seed=7, block_rows=block, compress=compress)
     ref, vals = twin_top_k(models, k, seed=7)
     assert sel.shape == ref.shape == (n_cls, min(k, n_rows))
     assert np.array_equal(sel, ref)
@@ -64,22 +66,24 @@ def test_top_k_equals_twin(n_rows, n_models, high, k, block, n_cls):
         assert len(np.unique(sel[c])) == sel.shape[1]  # no duplicate entry
 
 
-def test_several_epochs_with_compaction_and_rescan(monkeypatch):
+@pytest.mark.parametrize("compress", simd.PATHS)
+def test_several_epochs_with_compaction_and_rescan(monkeypatch, compress):
     """Rows past 2**18 (entries keep 18 row bits), full buffers, and floors set too high."""
     rng = np.random.default_rng(3)
     n, k = K.EPOCH_ROWS + 40_000, 5000
     models = random_models(rng, n, 1, 300, n_cls=9)
     ref, vals = twin_top_k(models, k, seed=2)
-    assert np.array_equal(top_k(models, k=k, seed=2, block_rows=50_000), ref)
+    assert np.array_equal(top_k(models, k=k, seed=2, block_rows=50_000, compress=compress), ref)
     monkeypatch.setattr(T, "BUFFER_SLACK", 0.0)  # compact whenever TILE_ROWS extra arrive
     monkeypatch.setattr(T, "FLOOR_SIGMAS", 0.0)
-    assert np.array_equal(top_k(models, k=k, seed=2, block_rows=50_000), ref)
+    assert np.array_equal(top_k(models, k=k, seed=2, block_rows=50_000, compress=compress), ref)
     monkeypatch.setattr(T, "FLOOR_SIGMAS", -10.0)  # every sampled floor too high
     _, fk = T.starting_floors(models, k, seed=2)
     for c in range(9):
         kth = ref[c, -1]
         assert fk[c] > (U64(vals[kth, c]) << U64(50)) | twin_tie_key(2, c, np.array([kth]))[0]
-    assert np.array_equal(top_k(models, k=k, seed=2, block_rows=50_000), ref)  # so: rescanned
+    assert np.array_equal(top_k(models, k=k, seed=2, block_rows=50_000, compress=compress),
+                          ref)  # so: rescanned
 
 
 def test_compact_keeps_the_k_best_in_order_across_epochs():
@@ -170,12 +174,24 @@ def test_k_below_one_refused():
 # The kernels against their plain numpy twins.
 
 @NEEDS_JIT
-def test_compress_hits_matches_python_twin():
+@pytest.mark.parametrize("path", simd.PATHS)
+def test_compress_hits_matches_python_twin(path):
+    """Each compress path (all compile for this host) against the Python twin."""
+    check_compress_path(path)
+
+
+def check_compress_path(path):
+    """compress_hits on `path` against the Python twin: random rows, scores above 9999 and
+    at their floors, a partial group, then rows whose every 8 lanes hit in each of the 256
+    patterns (the permute path's table). Also run compiled for another CPU
+    (tests/predict/test_compress_path.py)."""
     rng = np.random.default_rng(8)
     vals = rng.integers(0, 60, (40, 70)).astype(np.uint16)
     vals[5, :6] = [10_000, 65_535, 9_999, 16_383, 20_000, 0]
-    floors = rng.integers(0, 60, 70).astype(np.uint16)
+    floors = rng.integers(1, 60, 70).astype(np.uint16)
     vals[9] = floors  # every score at its floor: all flagged "look closer"
+    pattern = (np.arange(256)[:, None] >> (np.arange(70) % 8)) & 1  # row r: byte r per 8 lanes
+    vals = np.concatenate([vals, np.where(pattern, floors + 1, floors - 1).astype(np.uint16)])
     got = np.zeros(vals.size + simd.LANES, np.uint32)
     want = np.zeros_like(got)
     n_got = n_want = 0
@@ -183,7 +199,8 @@ def test_compress_hits_matches_python_twin():
         for c0 in range(0, 70, 32):
             lanes = min(32, 70 - c0)
             tag = (r * 7 + c0) % (1 << simd.TAG_BITS)
-            n_got = _compress_jit(vals, r, c0, lanes, floors, tag, got, n_got)
+            n_got = _compress_jit(vals, r, c0, lanes, floors, tag, got, n_got,
+                                  simd.path_index(path))
             n_want = simd.compress_hits_py(vals, r, c0, lanes, floors, tag, want, n_want)
     assert n_got == n_want == int((vals >= floors).sum())
     assert np.array_equal(got[:n_got], want[:n_want])
@@ -194,7 +211,9 @@ def _compress_jit(*args):
 
     global _compress_kernel
     if "_compress_kernel" not in globals():
-        _compress_kernel = njit(lambda *a: simd.compress_hits(*a))
+        _compress_kernel = njit(lambda vals, row, col, lanes, floors, tag, out, n, path:
+                                simd.compress_hits(vals, row, col, lanes, floors, tag, out, n,
+                                                   path))
     return _compress_kernel(*args)
 
 
@@ -267,11 +286,12 @@ def test_plain_python_kernels_agree(tmp_path):
 LOOSE_FLOORS = {"BUFFER_SLACK": 0.0, "FLOOR_SIGMAS": 2.0, "SAMPLE_ROWS": 300}
 
 
-@pytest.mark.parametrize("threads", [1, 11])
-def test_any_thread_count_gives_the_same_selection(tmp_path, threads, monkeypatch):
+@pytest.mark.parametrize("threads,compress", [(1, ""), (11, ""), (1, "permute"), (11, "scalar")])
+def test_any_thread_count_gives_the_same_selection(tmp_path, threads, compress, monkeypatch):
     """The scan splits a round's rows among the threads, and the classes into at least one
     chunk per thread: 1 thread (8 chunks of 4 groups) and 11 (11 row shares; 11 chunks of
-    3 groups, the last of 2) select what the twin does, with compactions and rescans."""
+    3 groups, the last of 2) select what the twin does, with compactions and rescans; with
+    the target's compress path and with others forced (YT8M_COMPRESS)."""
     import os
     import subprocess
     import sys
@@ -294,7 +314,7 @@ def test_any_thread_count_gives_the_same_selection(tmp_path, threads, monkeypatc
         f"m = np.load({str(tmp_path / 'm.npy')!r})\n"
         f"np.save({str(tmp_path / 'sel.npy')!r}, T.top_k([m], k={k}, seed={seed}, block_rows=2500))\n"
     )
-    env = dict(os.environ, NUMBA_NUM_THREADS=str(threads))
+    env = dict(os.environ, NUMBA_NUM_THREADS=str(threads), YT8M_COMPRESS=compress)
     subprocess.run([sys.executable, "-c", code], env=env, check=True)
     assert np.array_equal(np.load(tmp_path / "sel.npy"), twin_top_k([m], k, seed)[0])
 
