@@ -111,7 +111,8 @@ def test_context_agnostic_segment_model_is_the_video_model_without_mask():
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("name", ["dbof-tiny", "nxvlad-tiny", "nxvlad-tiny+dbof-tiny"])
+@pytest.mark.parametrize("name", ["dbof-tiny", "nxvlad-tiny", "nxvlad-tiny+dbof-tiny",
+                                  "mix-nxvlad-tiny"])
 def test_variant_on_cuda_matches_cpu(name):
     torch.manual_seed(0)
     model = build(name).eval()
@@ -123,7 +124,7 @@ def test_variant_on_cuda_matches_cpu(name):
     torch.testing.assert_close(gpu, cpu, rtol=1e-3, atol=1e-3)
 
 
-@pytest.mark.parametrize("name", ["dbof-tiny", "nxvlad-tiny+dbof-tiny"])
+@pytest.mark.parametrize("name", ["dbof-tiny", "nxvlad-tiny+dbof-tiny", "mix-nxvlad-tiny"])
 def test_mixed_precision_keeps_float32_probabilities(name):
     """Under bfloat16 autocast the masked batch-norm statistics and the MoE mixing run in
     float32: finite float32 log-probabilities, gradients for every trainable parameter."""

@@ -8,7 +8,7 @@ import click
 from trainer.registry import parameter_rows
 
 _COLUMNS = (
-    ("name", "model", 22),
+    ("name", "model", 27),
     ("total_m", "total M", 9),
     ("trainable_m", "train. M", 9),
     ("paper_total_m", "paper", 7),

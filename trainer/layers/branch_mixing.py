@@ -56,6 +56,7 @@ class BranchGate(nn.Module):
 
 def mix(weights: torch.Tensor, branches: tuple[MoEOutput, ...]) -> MixtureOutput:
     """Eq. 12: `weights (B, K)` and K branch outputs → the mixture σ(Σ_k a_k z_k)."""
-    z = torch.stack([b.logits() for b in branches])  # (K, B, C)
-    mixed = torch.einsum("bk,kbc->bc", weights.to(z.dtype), z)
+    z = torch.stack([b.logits() for b in branches])  # (K, B, C), float32 (the MoE's)
+    # elementwise, not a matmul: autocast leaves it in float32 (log p near 0 needs it)
+    mixed = (weights.t().to(z.dtype)[:, :, None] * z).sum(dim=0)  # (B, C)
     return MixtureOutput(F.logsigmoid(mixed), F.logsigmoid(-mixed), tuple(branches))
