@@ -88,6 +88,7 @@ def test_a_start_that_fails_leaves_nothing_and_the_corrected_command_runs(
         (["pretrain", *store, *SHORT, "--fold", missing], f"no video in folds [{missing}]"),
         (["pretrain", *store, *SHORT, "--accumulate", "3"],
          "--batch-size 4 does not split into 1 rank(s) × --accumulate 3"),
+        (["pretrain", *store, *SHORT, "--swa-from", "5"], "--swa-from 5: a step of the run"),
     ]
     for args, message in failures:
         _refused(_train(args + ["--out", out]), message)

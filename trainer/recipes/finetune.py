@@ -157,6 +157,7 @@ def run(cfg: FinetuneConfig, options: dict, resume: bool = False) -> dict:
                                                    max_videos=cfg.eval_videos))
         task = SegmentTask(with_sync_bn(model, cfg.sync_bn, ranks), cfg.kind == "aware", loader,
                            evaluation)
+        loop.check()
         rundir.create(config, resume)  # everything checked: training can start
         return train(task, loop, ranks, rundir, config, resume)
     finally:

@@ -13,6 +13,7 @@ the same update (tests/trainer/test_train_ddp.py).
 """
 from __future__ import annotations
 
+import importlib.util
 import itertools
 import time
 from contextlib import nullcontext
@@ -75,6 +76,9 @@ class LoopConfig:
             raise TrainerError("steps, eval-every, log-every and accumulate must be at least 1")
         if not 0 <= self.swa_from <= self.steps:
             raise TrainerError(f"--swa-from {self.swa_from}: a step of the run (1..{self.steps})")
+        if self.tensorboard and importlib.util.find_spec("tensorboard") is None:
+            raise TrainerError("--tensorboard needs the tensorboard package "
+                               "(pip install tensorboard)")
 
     def scheduled(self, done: int) -> bool:
         """A step-scheduled checkpoint (not a time-based one): the ones SWA averages."""

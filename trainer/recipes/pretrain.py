@@ -119,6 +119,7 @@ def run(cfg: PretrainConfig, options: dict, resume: bool = False) -> dict:
                                                    max_videos=cfg.eval_videos))
         torch.manual_seed(step_seed(loop.seed, -1, 0))  # the initial weights
         task = VideoTask(with_sync_bn(build(cfg.model), cfg.sync_bn, ranks), loader, evaluation)
+        loop.check()
         rundir.create(config, resume)  # everything checked: training can start
         return train(task, loop, ranks, rundir, config, resume)
     finally:
