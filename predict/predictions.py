@@ -8,6 +8,10 @@ Per model, two files side by side:
 - `NAME.segments.parquet`: one row per segment (same order as the matrix rows),
   columns `video_id` (string) and `start_time` (int32, seconds).
 
+A video-level prediction (`predict videos`: one row per video, the prior of `predict
+topk --video-prior`) has the same matrix beside `NAME.videos.parquet` (`video_id`, one
+distinct id a row) instead.
+
 `PredictionWriter` streams row blocks into a memory-mapped file under a temporary
 name and renames both files into place when the last row is written;
 `open_predictions` memory-maps a matrix (nothing is read into anonymous RAM) and
@@ -37,17 +41,21 @@ QUANT_SCALE = 9999
 PRED_DTYPE = np.dtype(np.uint16)
 SIDECAR_SUFFIX = ".segments.parquet"
 SEGMENT_SCHEMA = {"video_id": pl.String, "start_time": pl.Int32}
+# the row table of each kind of prediction: its file suffix and schema
+SIDECARS = {"segments": (SIDECAR_SUFFIX, SEGMENT_SCHEMA),
+            "videos": (".videos.parquet", {"video_id": pl.String})}
 
 
 class PredictionError(IngestError):
     """A prediction file is missing, malformed, or does not match its companions."""
 
 
-def sidecar_path(npy_path: str | os.PathLike) -> Path:
-    """`NAME.npy` → `NAME.segments.parquet` (the segment table beside the matrix)."""
+def sidecar_path(npy_path: str | os.PathLike, kind: str = "segments") -> Path:
+    """`NAME.npy` → `NAME.segments.parquet` (the segment table beside the matrix), or
+    `NAME.videos.parquet` for kind "videos" (a video-level prediction's video table)."""
     p = Path(npy_path)
     stem = p.name.removesuffix(".npy")
-    return p.with_name(stem + SIDECAR_SUFFIX)
+    return p.with_name(stem + SIDECARS[kind][0])
 
 
 def quantise(probs: np.ndarray) -> np.ndarray:
@@ -65,6 +73,12 @@ def _segment_table(video_ids, start_times, source) -> pl.DataFrame:
          "start_time": pl.Series(np.asarray(start_times), dtype=pl.Int32)}
     )
     check_segments(table, source)
+    return table
+
+
+def _video_table(video_ids, source) -> pl.DataFrame:
+    table = pl.DataFrame({"video_id": pl.Series(video_ids, dtype=pl.String)})
+    check_videos(table, source)
     return table
 
 
@@ -106,9 +120,25 @@ def check_segments(segments: pl.DataFrame, source) -> None:
         raise PredictionError(f"{source}: row {row['row']}: {_row_problem(segments, row)}")
 
 
-def _row_problem(segments: pl.DataFrame, row: dict) -> str:
-    """Why `row` (from `check_segments`) cannot be a submission entry, in words."""
-    vid, start = row["video_id"], row["start_time"]
+def check_videos(videos: pl.DataFrame, source) -> None:
+    """Refuse a video table (`video_id` (n,) strings) whose ids cannot be submission video
+    ids (`check_segments`' rule) or repeat: `PredictionError` naming `source` and the first
+    bad row."""
+    vid = pl.col("video_id")
+    bad = vid.is_null() | (vid.str.len_bytes() == 0) | vid.str.contains(_ID_FORBIDDEN)
+    first = videos.with_row_index("row").filter(bad | ~vid.is_first_distinct())
+    if not first.height:
+        return
+    row = first.row(0, named=True)
+    problem = _id_problem(row["video_id"])
+    if problem is None:
+        earlier = videos.with_row_index("row").filter(vid == row["video_id"])["row"][0]
+        problem = f"video id {row['video_id'][:40]!r} repeats row {earlier}"
+    raise PredictionError(f"{source}: row {row['row']}: {problem}")
+
+
+def _id_problem(vid) -> str | None:
+    """Why the video id `vid` cannot be the `videoid` of a submission entry (None: it can)."""
     if vid is None or vid == "":
         return "empty video id"
     bad_char = re.search(_ID_FORBIDDEN, vid)
@@ -116,6 +146,14 @@ def _row_problem(segments: pl.DataFrame, row: dict) -> str:
         what = {" ": "a space", ",": "a comma", ":": "a colon"}.get(
             bad_char.group(), f"whitespace {bad_char.group()!r}")
         return f"video id {vid[:40]!r} contains {what} (a submission entry is videoid:start)"
+    return None
+
+
+def _row_problem(segments: pl.DataFrame, row: dict) -> str:
+    """Why `row` (from `check_segments`) cannot be a submission entry, in words."""
+    vid, start = row["video_id"], row["start_time"]
+    if (problem := _id_problem(vid)) is not None:
+        return problem
     if start is None:
         return f"video id {vid[:40]!r}: start_time missing"
     if start < 0:
@@ -137,15 +175,21 @@ class PredictionWriter:
 
     Several processes (the ranks of a torchrun job) can share one output: each builds a
     writer with the same `tag`; the one with `create=True` makes the temporary file
-    before the others open it (`create=False`); each writes its rows with `write_at`,
-    flushes with `flush`, and after all have, the creator alone calls `publish`.
+    before the others open it (`create=False`); each writes its rows with `write_at`
+    (or `write_rows`), flushes with `flush`, and after all have, the creator alone calls
+    `publish`.
+
+    `start_times=None` writes a video-level prediction: one row per video, the table
+    `NAME.videos.parquet` of the (distinct) `video_ids`.
     """
 
-    def __init__(self, path: str | os.PathLike, video_ids, start_times,
+    def __init__(self, path: str | os.PathLike, video_ids, start_times=None,
                  tag: str | None = None, create: bool = True):
         self.path = Path(path)
-        self.sidecar = sidecar_path(self.path)
-        self.segments = _segment_table(video_ids, start_times, self.sidecar)
+        kind = "segments" if start_times is not None else "videos"
+        self.sidecar = sidecar_path(self.path, kind)
+        self.segments = (_segment_table(video_ids, start_times, self.sidecar)
+                         if start_times is not None else _video_table(video_ids, self.sidecar))
         self.n_rows = self.segments.height
         tag = tag or str(os.getpid())
         self._tmp = self.path.with_name(f".{self.path.name}.{tag}.tmp.npy")
@@ -165,6 +209,14 @@ class PredictionWriter:
         self.rows_written = row
         self.write(block)
 
+    def write_rows(self, rows: np.ndarray, block: np.ndarray) -> None:
+        """Write the (b, 1000) `block` at matrix rows `rows` (b,) (any order: a rank's share
+        of a video-level output, dealt in batches)."""
+        rows = np.asarray(rows, np.int64)
+        if rows.size and (rows.min() < 0 or rows.max() >= self.n_rows):
+            raise PredictionError(f"{self.path}: rows outside 0..{self.n_rows - 1}")
+        self._mm[rows] = self._checked(np.asarray(block))
+
     def flush(self) -> None:
         """Flush and unmap this process's view of the temporary matrix."""
         self._mm.flush()
@@ -173,19 +225,23 @@ class PredictionWriter:
     def write(self, block: np.ndarray) -> None:
         """Append a (b, 1000) block: floats are quantised, uint16 is stored as is."""
         block = np.asarray(block)
-        if block.ndim != 2 or block.shape[1] != N_SEGMENT_CLASSES:
-            raise PredictionError(f"{self.path}: block shape {block.shape}, expected (b, 1000)")
         end = self.rows_written + block.shape[0]
         if end > self.n_rows:
             raise PredictionError(f"{self.path}: more than {self.n_rows} rows written")
+        self._mm[self.rows_written:end] = self._checked(block)
+        self.rows_written = end
+
+    def _checked(self, block: np.ndarray) -> np.ndarray:
+        """A (b, 1000) block as stored: floats quantised, uint16 checked to be <= 9999."""
+        if block.ndim != 2 or block.shape[1] != N_SEGMENT_CLASSES:
+            raise PredictionError(f"{self.path}: block shape {block.shape}, expected (b, 1000)")
         if block.dtype != PRED_DTYPE:
             if not np.issubdtype(block.dtype, np.floating):
                 raise PredictionError(f"{self.path}: block dtype {block.dtype}, expected float or uint16")
-            block = quantise(block)
-        elif block.size and block.max() > QUANT_SCALE:
+            return quantise(block)
+        if block.size and block.max() > QUANT_SCALE:
             raise PredictionError(f"{self.path}: uint16 values above {QUANT_SCALE}")
-        self._mm[self.rows_written:end] = block
-        self.rows_written = end
+        return block
 
     def close(self) -> None:
         """Flush, check the row count, rename both files into place.
@@ -259,16 +315,16 @@ def cannot_write(path, err: OSError) -> PredictionError:
     return PredictionError(f"{path}: cannot write ({err.strerror or err})")
 
 
-def check_output(npy_path, overwrite: bool = False) -> None:
-    """Refuse, before any work, an output `NAME.npy` (+ its sidecar) that the writer
-    could not write or would replace unasked: `folder_problem`, either file existing
+def check_output(npy_path, overwrite: bool = False, kind: str = "segments") -> None:
+    """Refuse, before any work, an output `NAME.npy` (+ its sidecar of `kind`) that the
+    writer could not write or would replace unasked: `folder_problem`, either file existing
     (unless `overwrite`) or being a directory."""
     path = Path(npy_path)
     if path.name == ".npy":  # `--out ''` or `--out DIR/.npy`: hidden files named .npy
         raise PredictionError(f"{path}: no NAME before .npy (give PRED_DIR/NAME)")
     if (problem := folder_problem(path)) is not None:
         raise PredictionError(f"{path}: {problem}")
-    for p in (path, sidecar_path(path)):
+    for p in (path, sidecar_path(path, kind)):
         if p.is_dir():
             raise PredictionError(f"{p}: is a directory (the output is written there)")
         if os.path.lexists(p) and not overwrite:
@@ -277,7 +333,8 @@ def check_output(npy_path, overwrite: bool = False) -> None:
 
 
 def write_predictions(path, scores: np.ndarray, video_ids, start_times, block_rows=65536) -> None:
-    """Write a whole (n, 1000) float or uint16 matrix with `PredictionWriter`."""
+    """Write a whole (n, 1000) float or uint16 matrix with `PredictionWriter` (a video-level
+    prediction with `start_times=None`)."""
     with PredictionWriter(path, video_ids, start_times) as w:
         for r in range(0, scores.shape[0], block_rows):
             w.write(scores[r:r + block_rows])
@@ -316,12 +373,18 @@ def prefault(scores: np.ndarray) -> bool:
         return False
 
 
-def read_segments(npy_path) -> pl.DataFrame:
-    """The segment table beside `npy_path`, checked for columns and types."""
-    side = sidecar_path(npy_path)
+def read_segments(npy_path, kind: str = "segments") -> pl.DataFrame:
+    """The segment table (or, kind "videos", the video table) beside `npy_path`, checked for
+    columns and types."""
+    side = sidecar_path(npy_path, kind)
     if not side.is_file():
-        raise PredictionError(f"{npy_path}: missing segment table {side}")
-    return read_table(side, SEGMENT_SCHEMA, PredictionError)
+        other = next(k for k in SIDECARS if k != kind)
+        hint = {"segments": " (it is a video-level prediction: give it as --video-prior)",
+                "videos": " (it is a segment prediction, not a video-level one: "
+                          "make the prior with predict videos)"}[kind]
+        raise PredictionError(f"{npy_path}: missing {kind[:-1]} table {side}"
+                              + (hint if sidecar_path(npy_path, other).is_file() else ""))
+    return read_table(side, SIDECARS[kind][1], PredictionError)
 
 
 NPY_MAGIC = b"\x93NUMPY"  # the first six bytes of every .npy file
@@ -352,20 +415,7 @@ def open_predictions(npy_path, check: bool = True) -> Predictions:
 
     check: also `check_segments` (off only where an identical table was checked).
     """
-    path = Path(npy_path)
-    if not path.is_file():
-        raise PredictionError(f"{path}: no such file")
-    shape, fortran, dtype, offset = _npy_header(path)
-    if dtype != PRED_DTYPE:
-        raise PredictionError(f"{path}: dtype {dtype}, expected uint16")
-    if len(shape) != 2 or shape[1] != N_SEGMENT_CLASSES:
-        raise PredictionError(f"{path}: shape {shape}, expected (n_segments, 1000)")
-    if fortran:
-        raise PredictionError(f"{path}: Fortran-ordered array, expected C order")
-    size, need = path.stat().st_size, offset + shape[0] * shape[1] * PRED_DTYPE.itemsize
-    if size < need:
-        raise PredictionError(f"{path}: {size} bytes, its header says {need} (truncated?)")
-    scores = np.load(path, mmap_mode="r")
+    path, scores = _open_matrix(npy_path, "n_segments")
     segments = read_segments(path)
     if segments.height != scores.shape[0]:
         raise PredictionError(
@@ -374,6 +424,48 @@ def open_predictions(npy_path, check: bool = True) -> Predictions:
     if check:
         check_segments(segments, sidecar_path(path))
     return Predictions(path, scores, segments)
+
+
+@dataclass(frozen=True)
+class VideoPredictions:
+    """A video-level prediction: `scores` (n_videos, 1000) uint16 memmap, `videos` its table
+    (`video_id`, distinct)."""
+
+    path: Path
+    scores: np.ndarray
+    videos: pl.DataFrame
+
+
+def open_video_predictions(npy_path) -> VideoPredictions:
+    """Memory-map a video-level `NAME.npy` (`predict videos`) and check it and its
+    `NAME.videos.parquet` (`check_videos`), as `open_predictions` does a segment one."""
+    path, scores = _open_matrix(npy_path, "n_videos")
+    videos = read_segments(path, "videos")
+    side = sidecar_path(path, "videos")
+    if videos.height != scores.shape[0]:
+        raise PredictionError(f"{path}: {scores.shape[0]} rows but {videos.height} videos in "
+                              f"{side}")
+    check_videos(videos, side)
+    return VideoPredictions(path, scores, videos)
+
+
+def _open_matrix(npy_path, rows: str) -> tuple[Path, np.ndarray]:
+    """(path, read-only memory map) of a prediction matrix: uint16, (`rows`, 1000), C order,
+    not truncated; `PredictionError` otherwise."""
+    path = Path(npy_path)
+    if not path.is_file():
+        raise PredictionError(f"{path}: no such file")
+    shape, fortran, dtype, offset = _npy_header(path)
+    if dtype != PRED_DTYPE:
+        raise PredictionError(f"{path}: dtype {dtype}, expected uint16")
+    if len(shape) != 2 or shape[1] != N_SEGMENT_CLASSES:
+        raise PredictionError(f"{path}: shape {shape}, expected ({rows}, 1000)")
+    if fortran:
+        raise PredictionError(f"{path}: Fortran-ordered array, expected C order")
+    size, need = path.stat().st_size, offset + shape[0] * shape[1] * PRED_DTYPE.itemsize
+    if size < need:
+        raise PredictionError(f"{path}: {size} bytes, its header says {need} (truncated?)")
+    return path, np.load(path, mmap_mode="r")
 
 
 def open_ensemble(paths) -> list[Predictions]:

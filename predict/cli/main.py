@@ -8,6 +8,7 @@ with quiet_while_importing():  # Ctrl-C while numba and the rest import: exit 13
     from predict.cli.evaluate import evaluate, validate
     from predict.cli.segments import segments
     from predict.cli.topk import topk
+    from predict.cli.videos import videos
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -21,3 +22,4 @@ main.add_command(topk)
 main.add_command(evaluate)
 main.add_command(validate)
 main.add_command(segments)
+main.add_command(videos)

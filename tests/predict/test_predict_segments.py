@@ -17,7 +17,6 @@ from predict.cli.main import main as predict_main
 from predict.segments import load_run
 from tests.processes import run_ok
 from tests.readonly import error_line, run_read_only, script
-from trainer.cli.main import main as train_main
 from trainer.data import context_span
 from trainer.data.sampling import select_even_numpy
 
@@ -28,21 +27,6 @@ def _ok(main, args):
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output + repr(result.exception)
     return result
-
-
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory, validate_store):
-    """A pre-training run, and a context-agnostic and a context-aware run from it."""
-    d = tmp_path_factory.mktemp("runs")
-    store = str(validate_store.path)
-    _ok(train_main, ["pretrain", "--store", store, "--model", "dbof-tiny", "--out", str(d / "pre"),
-                     "--steps", "4", "--batch-size", "8", "--max-len", "20"] + CPU)
-    _ok(train_main, ["finetune", "--kind", "agnostic", "--store", store, "--init", str(d / "pre"),
-                     "--out", str(d / "ag"), "--steps", "3", "--batch-size", "8"] + CPU)
-    _ok(train_main, ["finetune", "--kind", "aware", "--store", store, "--context",
-                     str(d / "pre"), "--segment", str(d / "pre"), "--out", str(d / "aw"),
-                     "--steps", "3", "--batch-size", "8", "--max-len", "16"] + CPU)
-    return d
 
 
 def _predict(store, run, out, *extra):

@@ -259,3 +259,37 @@ def test_not_npy_files_are_named(tmp_path):
         with pytest.raises(PredictionError, match=message) as err:
             open_predictions(tmp_path / f"{name}.npy")
         assert str(err.value).startswith(f"{tmp_path / name}.npy: ") and "\n" not in str(err.value)
+
+
+def test_video_level_round_trip_and_refusals(tmp_path):
+    """A video-level prediction (`start_times=None`): NAME.videos.parquet of distinct ids;
+    rows written in any order (`write_rows`); each kind's reader refuses the other kind."""
+    from predict.predictions import open_video_predictions
+
+    rng = np.random.default_rng(1)
+    probs = rng.random((7, 1000))
+    path = tmp_path / "v.npy"
+    w = PredictionWriter(path, [f"v{i}" for i in range(7)])
+    w.write_rows(np.array([5, 0, 6]), probs[[5, 0, 6]])
+    w.write_rows(np.array([1, 2, 3, 4]), probs[1:5])
+    w.flush()
+    w.publish()
+    p = open_video_predictions(path)
+    assert np.array_equal(p.scores, quantise(probs))
+    assert p.videos["video_id"].to_list() == [f"v{i}" for i in range(7)]
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["v.npy", "v.videos.parquet"]
+    with pytest.raises(PredictionError, match="missing segment table .* give it as --video-prior"):
+        open_predictions(path)
+    vids, starts = segments(8)
+    write_predictions(tmp_path / "s.npy", rng.random((8, 1000)), vids, starts)
+    with pytest.raises(PredictionError, match="missing video table .* make the prior with "
+                                              "predict videos"):
+        open_video_predictions(tmp_path / "s.npy")
+    for ids, words in [(["a", "b", "a"], "row 2: video id 'a' repeats row 0"),
+                       (["a", "b c"], "row 1: video id 'b c' contains a space"),
+                       (["", "b"], "row 0: empty video id")]:
+        with pytest.raises(PredictionError, match=words):
+            PredictionWriter(tmp_path / "bad.npy", ids)
+    with pytest.raises(PredictionError, match="rows outside 0..6"):
+        PredictionWriter(tmp_path / "w.npy", [f"v{i}" for i in range(7)]).write_rows(
+            np.array([7]), probs[:1])
