@@ -55,24 +55,29 @@ UNSET_FLOOR = np.uint16(0xFFFF)  # switches a class off for a rescan: no score i
 
 
 def top_k(models, k: int = DEFAULT_K, seed: int = 0, block_rows: int = BLOCK_ROWS,
-          progress: bool | None = None, compress: str | None = None) -> np.ndarray:
+          progress: bool | None = None, compress: str | None = None,
+          weights=None) -> np.ndarray:
     """Top-k rows per class of the rounded mean of `models`, best first.
 
     models: list of (N, C) uint16 arrays (memory maps), values 0..9999. compress: one
     of simd.PATHS, the scan's compare-and-compress (default: the compile target's).
-    Returns (C, min(k, N)) int32 row indices (a view of the candidate buffers).
+    weights: None (the mean) or one integer >= 0 per model (the weighted mean,
+    `weighted_models`). Returns (C, min(k, N)) int32 row indices (a view of the
+    candidate buffers).
     """
+    models, weights = weighted_models(models, weights)
     n, n_cls = _check(models, k)
     k = min(k, n)
     buf = np.empty((n_cls, capacity(k)), np.uint32)
     for m in models:  # map the files' pages in one call each, not a fault per 64 KB
         prefault(m)
-    fv, fk = starting_floors(models, k, seed)
+    fv, fk = starting_floors(models, k, seed, weights)
     state = _ScanState(n, n_cls, simd.path_index(compress))
     show = n >= PROGRESS_MIN_ROWS if progress is None else progress
     with tqdm(total=n, desc="top-k", unit="row", unit_scale=True, file=sys.stderr,
               disable=not show) as bar:
-        _scan_all(models, block_rows, state, np.ones(n_cls, bool), fv, fk, seed, k, buf, bar)
+        _scan_all(models, block_rows, state, np.ones(n_cls, bool), fv, fk, seed, k, buf, bar,
+                  weights)
         _refuse_invalid(state.invalid, models)
         redo = state.cnt < k  # the sample set these floors too high: scan them from 0
         if redo.any():
@@ -80,10 +85,38 @@ def top_k(models, k: int = DEFAULT_K, seed: int = 0, block_rows: int = BLOCK_ROW
             fv = np.where(redo, np.uint16(0), UNSET_FLOOR)
             fk = np.where(redo, np.uint64(0), np.uint64(np.iinfo(np.uint64).max))
             state.reset(redo)
-            _scan_all(models, block_rows, state, redo, fv, fk, seed, k, buf, bar)
+            _scan_all(models, block_rows, state, redo, fv, fk, seed, k, buf, bar, weights)
     assert (state.cnt >= k).all(), "a class has fewer than k candidates"
     K.finish(k, seed, buf, state.cnt, state.epoch_pos, _n_parts())
     return buf[:, :k].view(np.int32)
+
+
+MAX_TOTAL_WEIGHT = 65536  # Σ w · 65535 must fit the weighted mean's uint32 sums
+
+
+def weighted_models(models, weights) -> tuple[list, np.ndarray | None]:
+    """(models, weights) without the models of weight 0; weights None where the mean is
+    unweighted or one model is left (its weighted mean is itself). IngestError for a
+    weight count that is not the model count, a negative weight, or a sum of 0 or above
+    MAX_TOTAL_WEIGHT."""
+    if weights is None:
+        return list(models), None
+    w = np.asarray(weights, np.int64)
+    if w.shape != (len(models),):
+        raise IngestError(f"--weights: {w.size} weights for {len(models)} prediction files")
+    if (w < 0).any() or not 0 < w.sum() <= MAX_TOTAL_WEIGHT:
+        raise IngestError(f"--weights {','.join(map(str, w))}: integers >= 0, at least one "
+                          f"above 0, summing to at most {MAX_TOTAL_WEIGHT}")
+    kept = [m for m, x in zip(models, w) if x > 0]
+    return kept, (w[w > 0] if len(kept) > 1 else None)
+
+
+def _mean(blocks: tuple, weights, out: np.ndarray) -> None:
+    """out = the rounded-half-up (weighted) mean of the (B, C) uint16 `blocks`."""
+    if weights is None:
+        K.ensemble_mean(blocks, out)
+    else:
+        K.weighted_mean(blocks, weights, out)
 
 
 def capacity(k: int) -> int:
@@ -126,10 +159,11 @@ class _ScanState:
         self.epoch_pos[classes, 1:] = K.NOT_STARTED
 
 
-def _scan_all(models, block_rows, state, active, fv, fk, seed, k, buf, bar) -> None:
+def _scan_all(models, block_rows, state, active, fv, fk, seed, k, buf, bar,
+              weights=None) -> None:
     """Scan every row block (blocks never straddle an epoch) for the `active` classes."""
     hits, ends = K.scan_scratch(models[0].shape[1], _n_parts())
-    for r0, vals in _blocks(models, block_rows):
+    for r0, vals in _blocks(models, block_rows, weights):
         epoch = r0 >> K.EPOCH_BITS
         if r0 & K.ROW_MASK == 0 and epoch:
             state.epoch_pos[active, epoch] = state.cnt[active]
@@ -149,11 +183,11 @@ def _refuse_invalid(invalid: np.ndarray, models) -> None:
                           f"in class index {c}): not quantised predictions")
 
 
-def _blocks(models, block_rows):
+def _blocks(models, block_rows, weights=None):
     """Yield (row0, scores (B, C) uint16) over row blocks that never cross an epoch.
 
-    One model: views of its memory map; several: their rounded mean, in a buffer
-    allocated once.
+    One model: views of its memory map; several: their rounded (weighted) mean, in a
+    buffer allocated once.
     """
     n, n_cls = models[0].shape
     means = np.empty((min(block_rows, n) if len(models) > 1 else 0, n_cls), np.uint16)
@@ -163,13 +197,13 @@ def _blocks(models, block_rows):
         if len(models) == 1:  # the SIMD compare reads 32 neighbouring scores of a row
             yield r0, np.ascontiguousarray(models[0][r0:r1])
         else:
-            K.ensemble_mean(tuple(np.ascontiguousarray(m[r0:r1]) for m in models),
-                            means[: r1 - r0])
+            _mean(tuple(np.ascontiguousarray(m[r0:r1]) for m in models), weights,
+                  means[: r1 - r0])
             yield r0, means[: r1 - r0]
         r0 = r1
 
 
-def starting_floors(models, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def starting_floors(models, k: int, seed: int, weights=None) -> tuple[np.ndarray, np.ndarray]:
     """Per class (fv (C,) uint16, fk (C,) uint64): a composite floor below the k-th best.
 
     From SAMPLE_ROWS evenly spaced rows (all rows when there are fewer): the sampled
@@ -194,16 +228,18 @@ def starting_floors(models, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
         scores, rows_of_scores = models[0], rows  # straight from the memory map
     else:
         scores, rows_of_scores = np.empty((s, n_cls), np.uint16), np.arange(s)
-        K.ensemble_mean(tuple(np.asarray(m[rows]) for m in models), scores)
+        _mean(tuple(np.asarray(m[rows]) for m in models), weights, scores)
     sample = np.empty((n_cls, s), np.uint16)
     K.gather_transposed(scores, rows_of_scores, sample)
     K.sample_floors(sample, rows, m, seed, fv, fk)
     return fv, fk
 
 
-def ensemble_scores(models, rows: np.ndarray | None = None) -> np.ndarray:
-    """The rounded-half-up ensemble mean as int64, of all rows or of `rows` (plain numpy)."""
-    stack = [np.asarray(m if rows is None else m[rows], np.int64) for m in models]
+def ensemble_scores(models, rows: np.ndarray | None = None, weights=None) -> np.ndarray:
+    """The rounded-half-up ensemble mean as int64, of all rows or of `rows` (plain numpy);
+    with `weights` (one integer >= 0 per model) the weighted mean
+    `(2 Σ w_m x_m + W) // (2 W)`, W = Σ w_m."""
+    w = np.ones(len(models), np.int64) if weights is None else np.asarray(weights, np.int64)
+    stack = [x * np.asarray(m if rows is None else m[rows], np.int64) for m, x in zip(models, w)]
     total = np.sum(stack, axis=0)
-    n_models = len(models)
-    return (2 * total + n_models) // (2 * n_models)
+    return (2 * total + w.sum()) // (2 * w.sum())

@@ -389,6 +389,29 @@ def ensemble_mean(blocks, means):
 
 
 @njit(parallel=True)
+def weighted_mean(blocks, weights, means):
+    """means (B, C) uint16 = rounded-half-up weighted mean `(2 Σ w_m x_m + W) // (2 W)` of
+    the tuple of (B, C) uint16 `blocks`, weights (M,) int64 >= 0, W = Σ w_m in 1..65536 (so
+    that Σ w_m x_m fits uint32). Equal weights give `ensemble_mean`'s values; the division
+    is an exact float64 one, as there (issue 23 §3, `predict topk --weights`).
+    """
+    n_rows, n_cls = means.shape
+    total_w = 0
+    for m in range(len(weights)):
+        total_w += weights[m]
+    for t in prange((n_rows + TILE_ROWS - 1) // TILE_ROWS):
+        total = np.empty(n_cls, np.uint32)
+        for r in range(t * TILE_ROWS, min((t + 1) * TILE_ROWS, n_rows)):
+            total[:] = 0
+            for m, block in enumerate(blocks):
+                w = np.uint32(weights[m])
+                for c in range(n_cls):
+                    total[c] += w * block[r, c]
+            for c in range(n_cls):
+                means[r, c] = np.uint16((2.0 * total[c] + total_w) / (2.0 * total_w))
+
+
+@njit(parallel=True)
 def gather_transposed(src, rows, dst):
     """dst (C, S) = src[rows].T: the rows `rows` (S,) of src (N, C), class-major (uint16).
 

@@ -6,10 +6,10 @@ import os
 import click
 
 from ingest.outputs import folder_problem
-from predict.cli.options import k_option
+from predict.cli.options import k_option, weights_option
 from predict.predictions import open_ensemble, sidecar_path
 from predict.submission import HEADER, SubmissionError, write_submission
-from predict.topk import top_k
+from predict.topk import top_k, weighted_models
 
 # numba's OpenMP threads spin at each of top_k's ~3,300 barriers (1.7M rows) by default:
 # with another process busy on one of two cores, the top-k took 21-28 s instead of
@@ -70,11 +70,13 @@ def _not_a_submission(path) -> bool:
 @k_option("entries per class")
 @click.option("--seed", default=0, show_default=True,
               help="seed of the tie keys that choose and order the boundary bucket")
-def topk(predictions, out, k, seed) -> None:
+@weights_option("the weighted mean of the models (default: the mean)")
+def topk(predictions, out, k, seed, weights) -> None:
     """Average PREDICTIONS (NAME.npy files) and write the top K segments of every class."""
     check_paths(predictions, out)  # refuse before the work, not after
+    weighted_models(predictions, weights)  # the weights' count and range, before the work
     os.environ.setdefault("OMP_WAIT_POLICY", OMP_WAIT_POLICY)  # before numba's threads start
     models = open_ensemble(predictions)
-    rows = top_k([m.scores for m in models], k=k, seed=seed)
+    rows = top_k([m.scores for m in models], k=k, seed=seed, weights=weights)
     write_submission(out, rows, models[0].segments)
     click.echo(f"{out}: {rows.shape[0]} classes × {rows.shape[1]} segments", err=True)

@@ -80,6 +80,30 @@ def test_ensemble_and_noise(world):
     assert noise_map < 0.5 < both_map  # averaging with a perfect model helps a lot
 
 
+def test_topk_weights(world):
+    """`--weights 1,1` writes the bytes of no weights; 1,6 leans towards the noise (the
+    plain mean scores 1.0 here); a weight of 0 leaves a model out (the other alone)."""
+    pair = (world / "perfect.npy", world / "noise.npy")
+    files = {}
+    for name, extra in [("plain", []), ("ones", ["--weights", "1,1"]),
+                        ("lean", ["--weights", "1,6"]), ("zero", ["--weights", "0,5"]),
+                        ("alone", None)]:
+        files[name] = world / f"{name}.csv"
+        args = (pair[1:] if extra is None else pair) + ("--out", files[name], "--k", 30)
+        res = run("topk", *args, *(extra or []))
+        assert res.exit_code == 0, res.output
+    read = {name: f.read_bytes() for name, f in files.items()}
+    assert read["ones"] == read["plain"] and read["zero"] == read["alone"]
+    assert evaluate_json(world, files["lean"], 30)["map"] < evaluate_json(
+        world, files["plain"], 30)["map"] == 1.0
+    for weights, words in [("1", "1 weights for 2 prediction files"),
+                           ("1,x", "integers separated by commas"),
+                           ("0,0", "at least one above 0")]:
+        one_line_error(run("topk", *pair, "--out", world / "w.csv", "--weights", weights),
+                       words)
+    assert not (world / "w.csv").exists()
+
+
 def one_line_error(res, *needles):
     assert res.exit_code == 1
     lines = res.output.strip().splitlines()

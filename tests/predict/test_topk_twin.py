@@ -25,10 +25,16 @@ def twin_tie_key(seed, c, rows):
     return (x ^ (x >> U64(31))) & U64((1 << 50) - 1)
 
 
-def twin_top_k(models, k, seed):
-    """Plain numpy: rounded-half-up mean; per class the k largest (score, tie key, -row),
-    then the buckets above the boundary in row order and the boundary bucket by tie key."""
-    vals = ensemble_scores(models)
+def twin_top_k(models, k, seed, weights=None):
+    """Plain numpy: rounded-half-up (weighted) mean; per class the k largest (score, tie
+    key, -row), then the buckets above the boundary in row order and the boundary bucket by
+    tie key."""
+    vals = ensemble_scores(models, weights=weights)
+    return twin_order(vals, k, seed), vals
+
+
+def twin_order(vals, k, seed):
+    """`twin_top_k`'s order of the (n, C) integer scores `vals` (any range)."""
     n, n_cls = vals.shape
     k = min(k, n)
     rows = np.arange(n)
@@ -39,7 +45,7 @@ def twin_top_k(models, k, seed):
         t = v[chosen[-1]]
         top = chosen[v[chosen] > t]
         out[c] = np.concatenate([top[np.lexsort((top, -v[top]))], chosen[v[chosen] == t]])
-    return out, vals
+    return out
 
 
 def random_models(rng, n_rows, n_models, high, n_cls=1000):
@@ -225,6 +231,40 @@ def test_tie_key_matches_numpy_twin():
     rows = np.arange(0, 3_000_000, 997)
     for seed, c in [(0, 0), (7, 999), (2**40, 3)]:
         assert np.array_equal(keys(seed, c, rows).astype(U64), twin_tie_key(seed, c, rows))
+
+
+@pytest.mark.parametrize("weights", [(3, 3, 1), (0, 2, 5), (1, 1, 1), (65534, 1, 1)])
+def test_weighted_top_k_equals_twin(weights):
+    """`--weights`: the weighted mean's top-k (models of weight 0 dropped) against the twin."""
+    rng = np.random.default_rng(sum(weights))
+    models = random_models(rng, 900, 3, 40)
+    models[1][:5] = 9999
+    ref, vals = twin_top_k(models, 120, seed=1, weights=weights)
+    assert np.array_equal(top_k(models, k=120, seed=1, block_rows=256, weights=weights), ref)
+    if len(set(weights)) == 1:  # equal weights: the plain mean, byte for byte
+        assert np.array_equal(vals, ensemble_scores(models))
+
+
+def test_weighted_mean_matches_twin():
+    rng = np.random.default_rng(15)
+    blocks = tuple(rng.integers(0, 65_536, (300, 37)).astype(np.uint16) for _ in range(3))
+    for weights in ([1, 1, 1], [3, 3, 1], [7, 0, 2], [65534, 1, 1]):
+        means = np.empty((300, 37), np.uint16)
+        K.weighted_mean(blocks, np.array(weights, np.int64), means)
+        want = ensemble_scores(blocks, weights=weights)
+        assert np.array_equal(means, want.astype(np.uint16))  # (wraps like the kernel's cast)
+    plain = np.empty((300, 37), np.uint16)
+    K.ensemble_mean(blocks, plain)
+    K.weighted_mean(blocks, np.array([2, 2, 2], np.int64), means)
+    assert np.array_equal(means, plain)
+
+
+def test_bad_weights_refused():
+    models = [np.zeros((3, 1000), np.uint16)] * 2
+    for weights, words in [((1,), "1 weights for 2"), ((0, 0), "at least one above 0"),
+                           ((-1, 2), "integers >= 0"), ((65536, 1), "at most 65536")]:
+        with pytest.raises(Exception, match=words):
+            top_k(models, k=2, weights=weights)
 
 
 def test_ensemble_mean_matches_twin():
