@@ -70,9 +70,9 @@ def test_saves_at_the_first_log_step_after_the_minutes(tmp_path, train_store, mo
     saved = []
     real = loop_module.save_checkpoint
 
-    def recording(path, model, optimizer, scheduler, state, config):
+    def recording(path, model, optimizer, scheduler, state, config, tensors=None):
         saved.append(state["step"])
-        return real(path, model, optimizer, scheduler, state, config)
+        return real(path, model, optimizer, scheduler, state, config, tensors=tensors)
 
     monkeypatch.setattr(loop_module, "save_checkpoint", recording)
     args = ["pretrain", "--store", str(train_store.path), "--model", "dbof-tiny", "--steps", "6",
