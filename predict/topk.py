@@ -56,14 +56,15 @@ UNSET_FLOOR = np.uint16(0xFFFF)  # switches a class off for a rescan: no score i
 
 def top_k(models, k: int = DEFAULT_K, seed: int = 0, block_rows: int = BLOCK_ROWS,
           progress: bool | None = None, compress: str | None = None,
-          weights=None) -> np.ndarray:
+          weights=None, restriction=None) -> np.ndarray:
     """Top-k rows per class of the rounded mean of `models`, best first.
 
     models: list of (N, C) uint16 arrays (memory maps), values 0..9999. compress: one
     of simd.PATHS, the scan's compare-and-compress (default: the compile target's).
     weights: None (the mean) or one integer >= 0 per model (the weighted mean,
-    `weighted_models`). Returns (C, min(k, N)) int32 row indices (a view of the
-    candidate buffers).
+    `weighted_models`). restriction: a video prior's `predict.prior.Restriction` (its
+    kept segments first; gathered in the same pass). Returns (C, min(k, N)) int32 row
+    indices (a view of the candidate buffers).
     """
     models, weights = weighted_models(models, weights)
     n, n_cls = _check(models, k)
@@ -73,11 +74,13 @@ def top_k(models, k: int = DEFAULT_K, seed: int = 0, block_rows: int = BLOCK_ROW
         prefault(m)
     fv, fk = starting_floors(models, k, seed, weights)
     state = _ScanState(n, n_cls, simd.path_index(compress))
+    if restriction is not None:
+        restriction.start(n, _n_parts())
     show = n >= PROGRESS_MIN_ROWS if progress is None else progress
     with tqdm(total=n, desc="top-k", unit="row", unit_scale=True, file=sys.stderr,
               disable=not show) as bar:
         _scan_all(models, block_rows, state, np.ones(n_cls, bool), fv, fk, seed, k, buf, bar,
-                  weights)
+                  weights, restriction)
         _refuse_invalid(state.invalid, models)
         redo = state.cnt < k  # the sample set these floors too high: scan them from 0
         if redo.any():
@@ -87,7 +90,10 @@ def top_k(models, k: int = DEFAULT_K, seed: int = 0, block_rows: int = BLOCK_ROW
             state.reset(redo)
             _scan_all(models, block_rows, state, redo, fv, fk, seed, k, buf, bar, weights)
     assert (state.cnt >= k).all(), "a class has fewer than k candidates"
-    K.finish(k, seed, buf, state.cnt, state.epoch_pos, _n_parts())
+    if restriction is None:
+        K.finish(k, seed, buf, state.cnt, state.epoch_pos, _n_parts())
+    else:
+        restriction.finish(k, seed, buf, state.cnt, state.epoch_pos, _n_parts())
     return buf[:, :k].view(np.int32)
 
 
@@ -160,8 +166,9 @@ class _ScanState:
 
 
 def _scan_all(models, block_rows, state, active, fv, fk, seed, k, buf, bar,
-              weights=None) -> None:
-    """Scan every row block (blocks never straddle an epoch) for the `active` classes."""
+              weights=None, restriction=None) -> None:
+    """Scan every row block (blocks never straddle an epoch) for the `active` classes; a
+    `restriction` gathers each block's kept scores too."""
     hits, ends = K.scan_scratch(models[0].shape[1], _n_parts())
     for r0, vals in _blocks(models, block_rows, weights):
         epoch = r0 >> K.EPOCH_BITS
@@ -169,6 +176,8 @@ def _scan_all(models, block_rows, state, active, fv, fk, seed, k, buf, bar,
             state.epoch_pos[active, epoch] = state.cnt[active]
         K.scan(vals, r0, epoch, fv, fk, seed, k, buf, state.cnt, state.epoch_pos,
                state.invalid, hits, ends, state.path)
+        if restriction is not None:
+            restriction.gather(r0, vals)
         bar.update(len(vals))
 
 

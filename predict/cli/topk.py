@@ -4,10 +4,12 @@ from __future__ import annotations
 import os
 
 import click
+import numpy as np
 
 from ingest.outputs import folder_problem
 from predict.cli.options import k_option, weights_option
-from predict.predictions import open_ensemble, sidecar_path
+from predict.predictions import open_ensemble, open_video_predictions, sidecar_path
+from predict.prior import restriction
 from predict.submission import HEADER, SubmissionError, write_submission
 from predict.topk import top_k, weighted_models
 
@@ -37,7 +39,7 @@ def check_paths(predictions, out) -> None:
         raise SubmissionError(f"--out {out!r}: give the submission's file name (such as "
                               "submission.csv)")
     for i, pred in enumerate(predictions):
-        for given in (pred, sidecar_path(pred)):
+        for given in (pred, sidecar_path(pred), sidecar_path(pred, "videos")):
             if _one_file(out, given):
                 raise SubmissionError(f"{out}: is one of the inputs ({given}); the submission "
                                       "would replace it: give another --out")
@@ -71,12 +73,35 @@ def _not_a_submission(path) -> bool:
 @click.option("--seed", default=0, show_default=True,
               help="seed of the tie keys that choose and order the boundary bucket")
 @weights_option("the weighted mean of the models (default: the mean)")
-def topk(predictions, out, k, seed, weights) -> None:
+@click.option("--video-prior", type=click.Path(dir_okay=False), default=None,
+              help="a video-level prediction (predict videos) of the segments' videos: each "
+                   "class lists first the segments of the videos that keep it")
+@click.option("--top-classes", type=click.IntRange(min=1), default=None,
+              help="with --video-prior: the classes each video keeps, its N best by the prior "
+                   "(the 3rd place kept 20)")
+@click.option("--prior-weight", type=click.FloatRange(min=0), default=None,
+              help="with --video-prior: rank kept segments by score × prior^A (default: by "
+                   "score)")
+def topk(predictions, out, k, seed, weights, video_prior, top_classes, prior_weight) -> None:
     """Average PREDICTIONS (NAME.npy files) and write the top K segments of every class."""
-    check_paths(predictions, out)  # refuse before the work, not after
+    if (video_prior is None) != (top_classes is None) or (
+            prior_weight is not None and video_prior is None):
+        raise SubmissionError("--video-prior and --top-classes go together (--prior-weight "
+                              "needs both)")
+    inputs = predictions + ((video_prior,) if video_prior else ())
+    check_paths(inputs, out)  # refuse before the work, not after
     weighted_models(predictions, weights)  # the weights' count and range, before the work
     os.environ.setdefault("OMP_WAIT_POLICY", OMP_WAIT_POLICY)  # before numba's threads start
     models = open_ensemble(predictions)
-    rows = top_k([m.scores for m in models], k=k, seed=seed, weights=weights)
+    kept = None
+    if video_prior is not None:
+        prior = open_video_predictions(video_prior)
+        kept = restriction(prior, models[0].segments, top_classes, prior_weight)
+    rows = top_k([m.scores for m in models], k=k, seed=seed, weights=weights,
+                 restriction=kept)
     write_submission(out, rows, models[0].segments)
     click.echo(f"{out}: {rows.shape[0]} classes × {rows.shape[1]} segments", err=True)
+    if kept is not None:
+        share = np.minimum(kept.n_kept, rows.shape[1]).sum() / rows.size
+        click.echo(f"{share:.1%} of the entries are segments of videos that keep their class "
+                   f"(top {top_classes} by {video_prior})", err=True)

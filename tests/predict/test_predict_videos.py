@@ -128,3 +128,23 @@ def test_two_torchrun_ranks_write_the_bytes_of_one_process(tmp_path, runs, valid
     assert (tmp_path / "two.npy").read_bytes() == (tmp_path / "one.npy").read_bytes()
     assert (tmp_path / "two.videos.parquet").is_file()
     assert not list(tmp_path.glob(".*"))
+
+
+def test_read_back_as_the_prior_of_predict_topk(tmp_path, runs, testset_store):
+    """The store's video table covers its candidates' videos: predict segments + predict
+    videos + topk --video-prior gives a valid submission, different from the plain one."""
+    _videos(testset_store, runs / "pre", tmp_path / "prior")
+    res = CliRunner().invoke(predict_main, ["segments", "--store", str(testset_store.path),
+                                            "--model", str(runs / "ag"), "--out",
+                                            str(tmp_path / "ag")] + CPU)
+    assert res.exit_code == 0, res.output
+    for name, extra in [("plain", []), ("prior", ["--video-prior", tmp_path / "prior.npy",
+                                                  "--top-classes", "20"])]:
+        res = CliRunner().invoke(predict_main, ["topk", str(tmp_path / "ag.npy"), "--out",
+                                                str(tmp_path / f"{name}.csv"), "--k", "100",
+                                                *map(str, extra)])
+        assert res.exit_code == 0, res.output
+        res = CliRunner().invoke(predict_main, ["validate", str(tmp_path / f"{name}.csv"),
+                                                "--k", "100"])
+        assert res.exit_code == 0, res.output
+    assert (tmp_path / "plain.csv").read_bytes() != (tmp_path / "prior.csv").read_bytes()

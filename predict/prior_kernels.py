@@ -1,0 +1,214 @@
+"""The numba kernels of the video-level candidate restriction (predict/prior.py explains it).
+
+Kept entries of a class live in its run `kept[ptr[c]:ptr[c + 1]]` of one flat uint32
+array, as the top-k's candidate entries do (`score << 18 | row % 2**18`, appended in row
+order, predict/topk_kernels.py), with the class's epoch starts relative to its run in
+`kept_epoch_pos[c, e]`; `score` is the entry's ranking score (the ensemble score, or the
+score times the prior to the power A, quantised).
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import prange  # behaves as `range` when YT8M_NO_JIT=1 turns njit off
+
+from ingest.jit import njit
+from predict.predictions import QUANT_SCALE
+from predict.topk_kernels import (
+    EPOCH_BITS,
+    EPOCH_ROWS,
+    N_BUCKETS,
+    ROW_MASK,
+    _finish_class,
+    bucket_offsets,
+    tie_key,
+)
+
+_U32_EPOCH_BITS, _U32_ROW_MASK = np.uint32(EPOCH_BITS), np.uint32(ROW_MASK)
+
+
+@njit(parallel=True)
+def kept_classes(scores, videos, n_top, out):
+    """out[u] (n_top,) = the n_top best classes of video `videos[u]` of `scores` (V, C)
+    uint16, best by (score descending, class index ascending), written in class order.
+
+    Per video one pass over its C scores keeping the n_top best composite keys
+    `score * C + (C - 1 - class)` (distinct) in a small sorted array.
+    """
+    n_cls = scores.shape[1]
+    for u in prange(videos.shape[0]):
+        row = scores[videos[u]]
+        best = np.empty(n_top, np.int64)  # descending
+        n = 0
+        for c in range(n_cls):
+            key = np.int64(row[c]) * n_cls + (n_cls - 1 - c)
+            if n == n_top and key <= best[n - 1]:
+                continue
+            j = min(n, n_top - 1)
+            while j > 0 and best[j - 1] < key:
+                best[j] = best[j - 1]
+                j -= 1
+            best[j] = key
+            n = min(n + 1, n_top)
+        for j in range(n_top):
+            out[u, j] = n_cls - 1 - best[j] % n_cls
+        out[u].sort()
+
+
+@njit(parallel=True)
+def gather_kept(vals, row0, video_of, kept, split, factor, kept_buf, cursor):
+    """Append the kept (row, class) scores of a block to their classes' runs.
+
+    vals (B, C) uint16: the ensemble scores of rows row0..row0 + B (one epoch);
+    video_of (N,) int32: each row's video (its row of `kept`); kept (U, n_top) int16: the
+    kept classes of each video, ascending; split (U, P + 1) int64: where class part p of
+    a video's kept list begins (P class ranges, one per thread, each written by one
+    thread only); factor (U, n_top) float64: prior ** A of each kept (video, class), or
+    (0, 0) for the ensemble score unchanged; cursor (C,) int64: each class's next slot in
+    kept_buf (uint32). Entry: `score << 18 | row % 2**18`, score the ranking score
+    floor(s * factor + 1/2) (a score above 9999 is left to the scan, which refuses it).
+    """
+    n_rows = vals.shape[0]
+    n_parts = split.shape[1] - 1
+    use_factor = factor.shape[0] > 0
+    for part in prange(n_parts):
+        for r in range(n_rows):
+            row = row0 + r
+            u = video_of[row]
+            low = np.uint32(row & ROW_MASK)
+            for j in range(split[u, part], split[u, part + 1]):
+                c = kept[u, j]
+                s = vals[r, c]
+                if use_factor:
+                    s = np.uint16(np.floor(np.float64(s) * factor[u, j] + 0.5))
+                p = cursor[c]
+                kept_buf[p] = (np.uint32(s) << _U32_EPOCH_BITS) | low
+                cursor[c] = p + 1
+
+
+@njit(parallel=True)
+def finish_restricted(k, seed, buf, cnt, epoch_pos, kept_buf, ptr, kept_epoch_pos, n_rows,
+                      n_parts):
+    """In place: buf[c, :k] = the k rows of class c, best first, under the restriction.
+
+    Class c has n_kept = ptr[c + 1] - ptr[c] kept entries (kept_buf, see the module
+    docstring) and its top-k buffer buf[c, :cnt[c]] (every row at or above the k-th key
+    of all rows, predict/topk.py). n_kept >= k: the k best kept entries under the top-k's
+    rule (`_finish_class`: the boundary bucket by tie key, the buckets above in row
+    order). Else every kept entry (ranking score descending, row ascending), then the
+    m = k - n_kept best rows of the buffer that are not kept, under the same rule with m:
+    together the top-k rule over the tiered score (kept above all others).
+    """
+    n_cls, cap = buf.shape
+    max_kept = 0
+    for c in range(n_cls):
+        max_kept = max(max_kept, ptr[c + 1] - ptr[c])
+    size = max(cap, max_kept)
+    for part in prange(n_parts):
+        hist = np.empty(N_BUCKETS + 1, np.uint32)
+        entries = np.empty(size, np.uint32)
+        tie_rows = np.empty(size, np.int64)
+        tie_keys = np.empty(size, np.uint64)
+        bits = np.zeros((n_rows + 63) // 64, np.uint64)  # the class's kept rows
+        for c in range(part * n_cls // n_parts, (part + 1) * n_cls // n_parts):
+            run = kept_buf[ptr[c]:ptr[c + 1]]
+            n_kept = run.shape[0]
+            if n_kept >= k:
+                _finish_class(c, n_kept, k, seed, run, kept_epoch_pos, hist, entries,
+                              tie_rows, tie_keys)
+                buf[c, :k] = run[:k]
+                continue
+            _mark_rows(run, kept_epoch_pos[c], bits, True)
+            _fill_class(c, cnt[c], k - n_kept, n_kept, seed, buf[c], epoch_pos[c], bits, hist,
+                        entries, tie_rows, tie_keys)
+            _mark_rows(run, kept_epoch_pos[c], bits, False)
+            _sort_kept(run, kept_epoch_pos[c], buf[c], hist)
+
+
+@njit(inline="always")
+def _row_of(x, e):
+    """The row of entry x of epoch e."""
+    return np.uint32(e * EPOCH_ROWS) + (x & _U32_ROW_MASK)
+
+
+@njit
+def _mark_rows(run, epoch_pos, bits, on):
+    """Set (on) or clear the bits of the rows of the entries `run` (epoch starts epoch_pos)."""
+    p = run.shape[0]
+    e, i0 = 0, 0
+    while i0 < p:
+        i1 = min(epoch_pos[e + 1], p)
+        for i in range(i0, i1):
+            row = _row_of(run[i], e)
+            word, bit = row >> np.uint32(6), np.uint64(1) << np.uint64(row & np.uint32(63))
+            bits[word] = (bits[word] | bit) if on else (bits[word] & ~bit)
+        i0 = max(i0, i1)
+        e += 1
+
+
+@njit
+def _fill_class(c, p, m, at, seed, out, epoch_pos, bits, hist, entries, tie_rows, tie_keys):
+    """out[at:at + m] = the m best rows of class c's p buffered entries (out[:p]) whose row
+    bit is not set in `bits`, under the top-k rule with m (as `_finish_class`; its trash
+    slot, out's last, lies beyond at + m)."""
+    n = 0
+    e, i0 = 0, 0
+    while i0 < p:  # the entries that are not kept, with their rows, into the scratch
+        i1 = min(epoch_pos[e + 1], p)
+        for i in range(i0, i1):
+            x = out[i]
+            row = _row_of(x, e)
+            if not (bits[row >> np.uint32(6)] >> np.uint64(row & np.uint32(63))) & np.uint64(1):
+                entries[n] = x
+                tie_rows[n] = row
+                n += 1
+        i0 = max(i0, i1)
+        e += 1
+    hist[:] = 0
+    for i in range(n):
+        hist[entries[i] >> _U32_EPOCH_BITS] += np.uint32(1)
+    t, above = bucket_offsets(hist, m)
+    for b in range(t + 1, N_BUCKETS):
+        hist[b] += np.uint32(at)
+    trash, tu = np.uint32(N_BUCKETS), np.uint32(t)
+    hist[trash] = out.shape[0] - 1
+    j = 0
+    for i in range(n):
+        v = entries[i] >> _U32_EPOCH_BITS
+        row = tie_rows[i]
+        if v == tu:
+            tie_rows[j] = row  # j <= i: the row is read before its slot is reused
+            tie_keys[j] = ~tie_key(seed, c, row)
+            j += 1
+        keep = v > tu
+        b = v if keep else trash
+        slot = hist[b]
+        out[slot] = row
+        hist[b] = slot + np.uint32(keep)
+    order = np.argsort(tie_keys[:j], kind="mergesort")
+    for i in range(m - above):
+        out[at + above + i] = tie_rows[order[i]]
+
+
+@njit
+def _sort_kept(run, epoch_pos, out, hist):
+    """out[:len(run)] = the rows of every entry of `run`, ranking score descending, row
+    ascending (a counting sort; the entries are in row order)."""
+    p = run.shape[0]
+    hist[:] = 0
+    for i in range(p):
+        hist[run[i] >> _U32_EPOCH_BITS] += np.uint32(1)
+    start = np.uint32(0)
+    for b in range(QUANT_SCALE, -1, -1):
+        h = hist[b]
+        hist[b] = start
+        start += h
+    e, i0 = 0, 0
+    while i0 < p:
+        i1 = min(epoch_pos[e + 1], p)
+        for i in range(i0, i1):
+            x = run[i]
+            b = x >> _U32_EPOCH_BITS
+            out[hist[b]] = _row_of(x, e)
+            hist[b] += np.uint32(1)
+        i0 = max(i0, i1)
+        e += 1
