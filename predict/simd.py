@@ -39,6 +39,11 @@ else "permute" where 8-lane integer vectors exist (AVX2), else "scalar";
 choice: every path is compiled into the kernels, so numba's cache is not
 involved). With `YT8M_NO_JIT=1` the plain Python twin below runs instead,
 whatever the path (the tests compare every path with it).
+
+numba's on-disk cache keys a kernel on its own file: after editing an intrinsic
+here, the cached kernels of predict/topk_kernels.py still hold the old code until
+their file changes too (delete predict/__pycache__/*.nb[ic], or use a fresh
+NUMBA_CACHE_DIR, before measuring or testing such an edit).
 """
 from __future__ import annotations
 
