@@ -21,9 +21,10 @@ the seeded tie key, every bucket above it by row ascending.
 
 One pass: the scan of predict/topk.py runs unchanged over all rows (its buffers end
 holding each class's top k of all rows, so also the m best rows that are not kept, for
-any m <= k - kept); beside it, per row block, `gather_kept` appends the block's kept
-(row, class) ranking scores to their classes' runs (N per row, from the block the scan
-has just read). `finish_restricted` then writes each class's list from the two.
+any m <= k - kept), a round of rows (SUB_ROWS) at a time; after each round
+`gather_kept` appends the round's kept (row, class) ranking scores to their classes' runs
+(N per row), each thread reading the rows it has just compared. `finish_restricted` then
+writes each class's list from the two.
 """
 from __future__ import annotations
 
@@ -61,17 +62,16 @@ class Restriction:
         self.epoch_pos = np.full((n_cls, -(-n_rows // K.EPOCH_ROWS) + 1), K.NOT_STARTED,
                                  np.int64)
         self.epoch_pos[:, 0] = 0
-        bounds = np.arange(n_parts + 1) * n_cls // n_parts  # the class ranges of the threads
-        # where each range begins in each video's (ascending) kept list
-        self.split = (self.kept[:, :, None] < bounds).sum(axis=1, dtype=np.int64)
+        self.starts = np.empty((n_parts, n_cls), np.int64)
 
     def gather(self, row0: int, vals: np.ndarray) -> None:
-        """Append the kept scores of rows row0.. (`vals` (B, C), one epoch)."""
+        """Append the kept scores of rows row0.. (`vals` (B, C), one epoch, B <= SUB_ROWS:
+        the round the scan has just compared)."""
         epoch = row0 >> K.EPOCH_BITS
         if row0 & K.ROW_MASK == 0 and epoch:
             self.epoch_pos[:, epoch] = self.cursor - self.ptr[:-1]
-        PK.gather_kept(vals, row0, self.video_of, self.kept, self.split, self.factor,
-                       self.kept_buf, self.cursor)
+        PK.gather_kept(vals, row0, self.video_of, self.kept, self.factor, self.kept_buf,
+                       self.cursor, self.starts)
 
     def finish(self, k: int, seed: int, buf, cnt, epoch_pos, n_parts: int) -> None:
         """buf[c, :k] = class c's list (`finish_restricted`)."""
@@ -93,16 +93,18 @@ def restriction(prior: VideoPredictions, segments: pl.DataFrame, top_classes: in
         raise IngestError(f"--top-classes {top_classes}: between 1 and {n_cls}")
     if prior_weight is not None and not 0 <= prior_weight < float("inf"):
         raise IngestError(f"--prior-weight {prior_weight}: a number >= 0")
+    # runs of one video (a table from predict segments has one per video): looked up once
+    runs = segments["video_id"].rle().struct.unnest()
     index = prior.videos.select("video_id").with_row_index("prior_row")
-    joined = segments.select("video_id").join(index, on="video_id", how="left",
-                                              maintain_order="left")
+    joined = runs.join(index, left_on="value", right_on="video_id", how="left",
+                       maintain_order="left")
     missing = joined.filter(pl.col("prior_row").is_null())
     if missing.height:
-        raise IngestError(f"{prior.path}: has no row for video {missing['video_id'][0]!r} "
-                          f"of the segments ({missing['video_id'].n_unique()} videos missing): "
+        raise IngestError(f"{prior.path}: has no row for video {missing['value'][0]!r} "
+                          f"of the segments ({missing['value'].n_unique()} videos missing): "
                           "a prior of another store?")
-    rows = joined["prior_row"].to_numpy().astype(np.int64)
-    used, video_of = np.unique(rows, return_inverse=True)
+    used, run_video = np.unique(joined["prior_row"].to_numpy(), return_inverse=True)
+    video_of = np.repeat(run_video, joined["len"].to_numpy())
     prefault(prior.scores)
     kept = np.empty((len(used), top_classes), np.int16)
     PK.kept_classes(prior.scores, used, top_classes, kept)
@@ -110,7 +112,8 @@ def restriction(prior: VideoPredictions, segments: pl.DataFrame, top_classes: in
     if prior_weight is not None:
         table = (np.arange(QUANT_SCALE + 1) / QUANT_SCALE) ** float(prior_weight)
         factor = table[prior.scores[used[:, None], kept]]
-    per_video = np.bincount(video_of, minlength=len(used))
+    per_video = np.bincount(run_video, weights=joined["len"].to_numpy(),
+                            minlength=len(used)).astype(np.int64)
     n_kept = np.bincount(kept.ravel(), weights=np.repeat(per_video, top_classes),
                          minlength=n_cls).astype(np.int64)
     return Restriction(video_of.astype(np.int32), kept, factor, n_kept)

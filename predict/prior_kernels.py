@@ -19,6 +19,7 @@ from predict.topk_kernels import (
     N_BUCKETS,
     ROW_MASK,
     _finish_class,
+    _share,
     bucket_offsets,
     tie_key,
 )
@@ -26,63 +27,117 @@ from predict.topk_kernels import (
 _U32_EPOCH_BITS, _U32_ROW_MASK = np.uint32(EPOCH_BITS), np.uint32(ROW_MASK)
 
 
+VIDEOS_PER_TASK = 256  # videos per parallel task of `kept_classes` (its scratch, once)
+INSERTION_MAX = 32  # n_top up to this: candidates inserted into a sorted array, else sorted
+
+
 @njit(parallel=True)
 def kept_classes(scores, videos, n_top, out):
     """out[u] (n_top,) = the n_top best classes of video `videos[u]` of `scores` (V, C)
     uint16, best by (score descending, class index ascending), written in class order.
 
-    Per video one pass over its C scores keeping the n_top best composite keys
-    `score * C + (C - 1 - class)` (distinct) in a small sorted array.
+    Per video: the classes split into n_top blocks, the least of the blocks' maxima is a
+    floor at most the n_top-th best score (each block holds a score at or above it); the
+    classes at or above the floor (a few dozen for n_top = 20) are the candidates, whose
+    composite keys `score << bits | (2**bits - 1 - class)` (distinct) are kept best first
+    in a small sorted array (or sorted, for n_top above INSERTION_MAX).
     """
     n_cls = scores.shape[1]
-    for u in prange(videos.shape[0]):
-        row = scores[videos[u]]
-        best = np.empty(n_top, np.int64)  # descending
-        n = 0
-        for c in range(n_cls):
-            key = np.int64(row[c]) * n_cls + (n_cls - 1 - c)
-            if n == n_top and key <= best[n - 1]:
-                continue
-            j = min(n, n_top - 1)
-            while j > 0 and best[j - 1] < key:
-                best[j] = best[j - 1]
-                j -= 1
-            best[j] = key
-            n = min(n + 1, n_top)
-        for j in range(n_top):
-            out[u, j] = n_cls - 1 - best[j] % n_cls
-        out[u].sort()
+    bits = 1
+    while (1 << bits) < n_cls:
+        bits += 1
+    low = (1 << bits) - 1
+    bounds = np.empty(n_top + 1, np.int64)
+    for b in range(n_top + 1):
+        bounds[b] = b * n_cls // n_top
+    n_tasks = (videos.shape[0] + VIDEOS_PER_TASK - 1) // VIDEOS_PER_TASK
+    for task in prange(n_tasks):
+        keys = np.empty(n_cls, np.int64)
+        for u in range(task * VIDEOS_PER_TASK,
+                       min((task + 1) * VIDEOS_PER_TASK, videos.shape[0])):
+            row = scores[videos[u]]
+            floor = np.uint16(0xFFFF)
+            for b in range(n_top):
+                m = np.uint16(0)
+                for c in range(bounds[b], bounds[b + 1]):
+                    m = max(m, row[c])
+                floor = min(floor, m)
+            n = 0
+            for c in range(n_cls):
+                v = row[c]
+                if v < floor:
+                    continue
+                key = (np.int64(v) << bits) | (low - c)
+                if n_top > INSERTION_MAX:
+                    keys[n] = key
+                    n += 1
+                    continue
+                if n == n_top and key <= keys[n - 1]:
+                    continue
+                j = min(n, n_top - 1)  # keys[:n] best first
+                while j > 0 and keys[j - 1] < key:
+                    keys[j] = keys[j - 1]
+                    j -= 1
+                keys[j] = key
+                n = min(n + 1, n_top)
+            if n_top > INSERTION_MAX:
+                keys[:n].sort()
+                keys[:n_top] = keys[n - n_top:n][::-1].copy()
+            for j in range(n_top):
+                out[u, j] = low - (keys[j] & low)
+            out[u].sort()
 
 
 @njit(parallel=True)
-def gather_kept(vals, row0, video_of, kept, split, factor, kept_buf, cursor):
-    """Append the kept (row, class) scores of a block to their classes' runs.
+def gather_kept(vals, row0, video_of, kept, factor, kept_buf, cursor, starts):
+    """Append the kept (row, class) scores of a round of rows to their classes' runs.
 
-    vals (B, C) uint16: the ensemble scores of rows row0..row0 + B (one epoch);
-    video_of (N,) int32: each row's video (its row of `kept`); kept (U, n_top) int16: the
-    kept classes of each video, ascending; split (U, P + 1) int64: where class part p of
-    a video's kept list begins (P class ranges, one per thread, each written by one
-    thread only); factor (U, n_top) float64: prior ** A of each kept (video, class), or
-    (0, 0) for the ensemble score unchanged; cursor (C,) int64: each class's next slot in
-    kept_buf (uint32). Entry: `score << 18 | row % 2**18`, score the ranking score
-    floor(s * factor + 1/2) (a score above 9999 is left to the scan, which refuses it).
+    vals (B, C) uint16: the ensemble scores of rows row0..row0 + B (one epoch; B at most
+    a round of the scan, SUB_ROWS); video_of (N,) int32: each row's video (its row of
+    `kept`); kept (U, n_top) int16: the kept classes of each video; factor (U, n_top)
+    float64: prior ** A of each kept (video, class), or (0, 0) for the ensemble score
+    unchanged; cursor (C,) int64: each class's next slot in kept_buf (uint32); starts
+    (P, C) int64 scratch, P = the scan's thread count. Entry: `score << 18 | row %
+    2**18`, score the ranking score floor(s * factor + 1/2) (a score above 9999 is left
+    to the scan, which refuses it).
+
+    The threads split the rows as the scan's compress phase does (`_share`), so each
+    reads the rows it has just compressed, from its own cache; where each thread's
+    entries of a class begin is counted first, in the calling thread (the kept lists
+    only, no scores), so that every class's run stays in row order.
     """
     n_rows = vals.shape[0]
-    n_parts = split.shape[1] - 1
+    n_parts, n_cls = starts.shape
+    n_top = kept.shape[1]
     use_factor = factor.shape[0] > 0
+    starts[:] = 0
+    for part in range(n_parts):
+        lo, hi = _share(0, n_rows, n_parts, part)
+        for r in range(lo, hi):
+            u = video_of[row0 + r]
+            for j in range(n_top):
+                starts[part, kept[u, j]] += 1
+    for c in range(n_cls):
+        at = cursor[c]
+        for part in range(n_parts):
+            count = starts[part, c]
+            starts[part, c] = at
+            at += count
+        cursor[c] = at
     for part in prange(n_parts):
-        for r in range(n_rows):
+        lo, hi = _share(0, n_rows, n_parts, part)
+        for r in range(lo, hi):
             row = row0 + r
             u = video_of[row]
             low = np.uint32(row & ROW_MASK)
-            for j in range(split[u, part], split[u, part + 1]):
+            for j in range(n_top):
                 c = kept[u, j]
                 s = vals[r, c]
                 if use_factor:
                     s = np.uint16(np.floor(np.float64(s) * factor[u, j] + 0.5))
-                p = cursor[c]
+                p = starts[part, c]
                 kept_buf[p] = (np.uint32(s) << _U32_EPOCH_BITS) | low
-                cursor[c] = p + 1
+                starts[part, c] = p + 1
 
 
 @njit(parallel=True)
@@ -109,6 +164,7 @@ def finish_restricted(k, seed, buf, cnt, epoch_pos, kept_buf, ptr, kept_epoch_po
         tie_rows = np.empty(size, np.int64)
         tie_keys = np.empty(size, np.uint64)
         bits = np.zeros((n_rows + 63) // 64, np.uint64)  # the class's kept rows
+        fill_pos = np.empty(epoch_pos.shape[1], np.int64)
         for c in range(part * n_cls // n_parts, (part + 1) * n_cls // n_parts):
             run = kept_buf[ptr[c]:ptr[c + 1]]
             n_kept = run.shape[0]
@@ -119,7 +175,7 @@ def finish_restricted(k, seed, buf, cnt, epoch_pos, kept_buf, ptr, kept_epoch_po
                 continue
             _mark_rows(run, kept_epoch_pos[c], bits, True)
             _fill_class(c, cnt[c], k - n_kept, n_kept, seed, buf[c], epoch_pos[c], bits, hist,
-                        entries, tie_rows, tie_keys)
+                        entries, fill_pos, tie_rows, tie_keys)
             _mark_rows(run, kept_epoch_pos[c], bits, False)
             _sort_kept(run, kept_epoch_pos[c], buf[c], hist)
 
@@ -146,44 +202,48 @@ def _mark_rows(run, epoch_pos, bits, on):
 
 
 @njit
-def _fill_class(c, p, m, at, seed, out, epoch_pos, bits, hist, entries, tie_rows, tie_keys):
+def _fill_class(c, p, m, at, seed, out, epoch_pos, bits, hist, entries, fill_pos, tie_rows,
+                tie_keys):
     """out[at:at + m] = the m best rows of class c's p buffered entries (out[:p]) whose row
     bit is not set in `bits`, under the top-k rule with m (as `_finish_class`; its trash
-    slot, out's last, lies beyond at + m)."""
-    n = 0
-    e, i0 = 0, 0
-    while i0 < p:  # the entries that are not kept, with their rows, into the scratch
+    slot, out's last, lies beyond at + m). The entries that are not kept are copied to
+    `entries` (their epoch starts to fill_pos), counted in the same pass."""
+    hist[:] = 0
+    n, e, i0 = 0, 0, 0
+    while i0 < p:
         i1 = min(epoch_pos[e + 1], p)
-        for i in range(i0, i1):
+        fill_pos[e] = n
+        for i in range(i0, i1):  # branch-free: kept rows come in no predictable order
             x = out[i]
             row = _row_of(x, e)
-            if not (bits[row >> np.uint32(6)] >> np.uint64(row & np.uint32(63))) & np.uint64(1):
-                entries[n] = x
-                tie_rows[n] = row
-                n += 1
+            kept = (bits[row >> np.uint32(6)] >> np.uint64(row & np.uint32(63))) & np.uint64(1)
+            other = 1 - np.int64(kept)
+            entries[n] = x
+            hist[x >> _U32_EPOCH_BITS] += np.uint32(other)
+            n += other
         i0 = max(i0, i1)
         e += 1
-    hist[:] = 0
-    for i in range(n):
-        hist[entries[i] >> _U32_EPOCH_BITS] += np.uint32(1)
+    fill_pos[e] = n
     t, above = bucket_offsets(hist, m)
     for b in range(t + 1, N_BUCKETS):
         hist[b] += np.uint32(at)
     trash, tu = np.uint32(N_BUCKETS), np.uint32(t)
     hist[trash] = out.shape[0] - 1
     j = 0
-    for i in range(n):
-        v = entries[i] >> _U32_EPOCH_BITS
-        row = tie_rows[i]
-        if v == tu:
-            tie_rows[j] = row  # j <= i: the row is read before its slot is reused
-            tie_keys[j] = ~tie_key(seed, c, row)
-            j += 1
-        keep = v > tu
-        b = v if keep else trash
-        slot = hist[b]
-        out[slot] = row
-        hist[b] = slot + np.uint32(keep)
+    for f in range(e):  # epoch by epoch, as `_finish_class`
+        for i in range(fill_pos[f], fill_pos[f + 1]):
+            x = entries[i]
+            v = x >> _U32_EPOCH_BITS
+            row = _row_of(x, f)
+            if v == tu:
+                tie_rows[j] = row
+                tie_keys[j] = ~tie_key(seed, c, row)
+                j += 1
+            keep = v > tu
+            b = v if keep else trash
+            slot = hist[b]
+            out[slot] = row
+            hist[b] = slot + np.uint32(keep)
     order = np.argsort(tie_keys[:j], kind="mergesort")
     for i in range(m - above):
         out[at + above + i] = tie_rows[order[i]]

@@ -174,10 +174,14 @@ def _scan_all(models, block_rows, state, active, fv, fk, seed, k, buf, bar,
         epoch = r0 >> K.EPOCH_BITS
         if r0 & K.ROW_MASK == 0 and epoch:
             state.epoch_pos[active, epoch] = state.cnt[active]
-        K.scan(vals, r0, epoch, fv, fk, seed, k, buf, state.cnt, state.epoch_pos,
-               state.invalid, hits, ends, state.path)
-        if restriction is not None:
-            restriction.gather(r0, vals)
+        # with a restriction, a round at a time: its gather reads the rows still in cache
+        step = len(vals) if restriction is None else K.SUB_ROWS
+        for s0 in range(0, len(vals), step):
+            part = vals[s0:s0 + step]
+            K.scan(part, r0 + s0, epoch, fv, fk, seed, k, buf, state.cnt, state.epoch_pos,
+                   state.invalid, hits, ends, state.path)
+            if restriction is not None:
+                restriction.gather(r0 + s0, part)
         bar.update(len(vals))
 
 
