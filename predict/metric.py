@@ -143,12 +143,19 @@ class TruthIndex:
         return len(self.rel)
 
 
-def truth_index(truth: pl.DataFrame) -> TruthIndex:
-    """`TruthIndex` of a truth table (ingest.truth.read_truth): a (segment, class) rated
-    twice keeps its last rating; class indices outside 0..999 are ignored."""
+def rated_pairs(truth: pl.DataFrame) -> pl.DataFrame:
+    """The distinct rated (segment, class) rows of a truth table (ingest.truth.read_truth):
+    a (segment, class) rated twice keeps its last rating; class indices outside 0..999 are
+    ignored. What `truth_index` and `predict blend` score against."""
     n_cls = len(segment_class_ids())
-    rated = (truth.filter(pl.col("class_index").is_between(0, n_cls - 1))
-             .unique(["video_id", "start_time", "class_index"], keep="last", maintain_order=True))
+    return (truth.filter(pl.col("class_index").is_between(0, n_cls - 1))
+            .unique(["video_id", "start_time", "class_index"], keep="last", maintain_order=True))
+
+
+def truth_index(truth: pl.DataFrame) -> TruthIndex:
+    """`TruthIndex` of a truth table (ingest.truth.read_truth), over its `rated_pairs`."""
+    n_cls = len(segment_class_ids())
+    rated = rated_pairs(truth)
     cls = rated["class_index"].cast(pl.Int64).to_numpy()
     rel = (rated["score"] > POSITIVE_SCORE).cast(pl.Int8).to_numpy()
     videos = rated["video_id"].unique(maintain_order=True)

@@ -5,6 +5,7 @@ with quiet_while_importing():  # Ctrl-C while numba and the rest import: exit 13
     import click
 
     from ingest.cli.util import Group
+    from predict.cli.blend import blend
     from predict.cli.evaluate import evaluate, validate
     from predict.cli.segments import segments
     from predict.cli.topk import topk
@@ -23,3 +24,4 @@ main.add_command(evaluate)
 main.add_command(validate)
 main.add_command(segments)
 main.add_command(videos)
+main.add_command(blend)
