@@ -29,7 +29,8 @@ from predict.cli.topk import OMP_WAIT_POLICY
 @click.option("--prior-weight", type=click.FloatRange(min=0), default=None,
               help="as predict topk --prior-weight")
 @click.option("--json", "as_json", is_flag=True,
-              help="print {k, fold, predictions, candidates: [{weights, map}], best}")
+              help="print {weights, map (the best), map_equal (all ones), k, fold (if "
+                   "given), classes, predictions, tried: [{weights, map}] in search order}")
 def blend(predictions, truth_path, k, fold, max_weight, seed, video_prior, top_classes,
           prior_weight, as_json) -> None:
     """Search integer weights of PREDICTIONS (NAME.npy files of one held-out store) that
@@ -59,10 +60,10 @@ def blend(predictions, truth_path, k, fold, max_weight, seed, video_prior, top_c
     weights, value = found.best
     if as_json:
         click.echo(json.dumps({
-            "k": k, "fold": fold, "predictions": list(predictions),
-            "candidates": [{"weights": list(w), "map": m} for w, m in found.candidates],
-            "best": {"weights": list(weights), "map": value},
-            "classes": int((data.n_positive > 0).sum())}))
+            "weights": list(weights), "map": value, "map_equal": found.candidates[0][1],
+            "k": k, **({} if fold is None else {"fold": fold}),
+            "classes": int((data.n_positive > 0).sum()), "predictions": list(predictions),
+            "tried": [{"weights": list(w), "map": m} for w, m in found.candidates]}))
         return
     click.echo(f"best weights {_w(weights)}: MAP@{k} = {value:.6f} over "
                f"{int((data.n_positive > 0).sum())} classes, {len(found.candidates)} "

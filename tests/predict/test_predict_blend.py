@@ -42,11 +42,11 @@ def test_every_candidate_scores_as_predict_evaluate(world):  # noqa: F811
               "--max-weight", 2)
     assert res.exit_code == 0, res.output
     out = json.loads(res.output)
-    assert out["candidates"][0]["weights"] == [1, 1]
-    maps = [c["map"] for c in out["candidates"]]
-    assert out["best"]["map"] == max(maps) and out["best"]["weights"][1] > 0
-    assert len({tuple(c["weights"]) for c in out["candidates"]}) == len(maps) >= 3
-    for cand in out["candidates"]:
+    assert out["tried"][0]["weights"] == [1, 1] and out["map_equal"] == out["tried"][0]["map"]
+    maps = [c["map"] for c in out["tried"]]
+    assert out["map"] == max(maps) and out["weights"][1] > 0 and "fold" not in out
+    assert len({tuple(c["weights"]) for c in out["tried"]}) == len(maps) >= 3
+    for cand in out["tried"]:
         w = ",".join(map(str, cand["weights"]))
         sub = world / f"w{w.replace(',', '_')}.csv"
         res = run("topk", *files, "--out", sub, "--k", 20, "--weights", w)
@@ -56,8 +56,8 @@ def test_every_candidate_scores_as_predict_evaluate(world):  # noqa: F811
     assert text.exit_code == 0, text.output
     lines = text.output.strip().splitlines()
     assert lines[0] == f"weights 1,1: MAP@20 = {maps[0]:.6f}"
-    best = ",".join(map(str, out["best"]["weights"]))
-    assert lines[-1].startswith(f"best weights {best}: MAP@20 = {out['best']['map']:.6f}")
+    best = ",".join(map(str, out["weights"]))
+    assert lines[-1].startswith(f"best weights {best}: MAP@20 = {out['map']:.6f}")
     assert f"--weights {best}" in lines[-1]
 
 
@@ -71,7 +71,7 @@ def test_with_a_video_prior_as_predict_topk(world):  # noqa: F811
     prior = ["--video-prior", world / "prior.npy", "--top-classes", 30, "--prior-weight", 0.5]
     res = run("blend", *files, "--truth", world / "truth.parquet", "--k", 25, "--json", *prior)
     assert res.exit_code == 0, res.output
-    best = json.loads(res.output)["best"]
+    best = json.loads(res.output)
     w = ",".join(map(str, best["weights"]))
     assert run("topk", *files, "--out", world / "b.csv", "--k", 25, "--weights", w,
                *prior).exit_code == 0
@@ -92,6 +92,7 @@ def test_a_fold_of_a_store_scores_that_fold_only(tmp_path, runs, validate_store)
               "--json")
     assert res.exit_code == 0, res.output
     out = json.loads(res.output)
+    assert out["fold"] == fold
     data = held_out(open_ensemble(files), validate_store.path, fold)
     videos = validate_store.videos.filter(pl.col("fold") == fold)["video_id"]
     assert set(data.segments["video_id"]) <= set(videos) and len(data.segments) < len(
@@ -99,13 +100,13 @@ def test_a_fold_of_a_store_scores_that_fold_only(tmp_path, runs, validate_store)
     truth = read_truth(validate_store.path).filter(pl.col("video_id").is_in(videos.implode()))
     from predict.topk import top_k
 
-    for cand in out["candidates"]:
+    for cand in out["tried"]:
         rows = top_k(data.scores, k=50, weights=cand["weights"], progress=False)
         write_submission(tmp_path / "f.csv", rows, data.segments)
         ev = evaluate_submission(tmp_path / "f.csv", truth_index(truth), 50)
         assert ev.result.map == cand["map"]
     whole = search(held_out(open_ensemble(files), validate_store.path), 50, 1)
-    assert whole.candidates[0][1] != out["candidates"][0]["map"]  # not the whole store's
+    assert whole.candidates[0][1] != out["tried"][0]["map"]  # not the whole store's
 
 
 def test_refusals(world, tmp_path):  # noqa: F811
