@@ -28,18 +28,23 @@ def test_every_stage_leaves_well_formed_outputs(demo):
         assert (demo / "stores" / split / "manifest.json").is_file()
     assert (demo / "shards" / "test" / "truth.parquet").is_file()
     runs = sorted(p.name for p in (demo / "runs").iterdir())
-    assert len(runs) == 6  # 2 pre-trained, 2 agnostic, 2 aware
+    assert len(runs) == 10  # 2 pre-trained, 2 agnostic, 2 aware, the last 4 again with SWA
     for run in runs:
         assert (demo / "runs" / run / "last" / "model.safetensors").is_file()
         assert (demo / "runs" / run / "curves.png").read_bytes()[:4] == b"\x89PNG"
-    n = None
-    for npy in (demo / "predictions").glob("*.npy"):
-        scores = np.load(npy, mmap_mode="r")
-        assert scores.dtype == np.uint16 and scores.shape[1] == 1000 and scores.max() <= 9999
-        n = n or scores.shape[0]
-        assert scores.shape[0] == n
-    rows = json.loads((demo / "results.json").read_text())
-    assert rows[0]["submission"] == "random scores" and len(rows) == 5
+    for folder in ("predictions", "predictions/videos", *(
+            str(p.relative_to(demo)) for p in (demo / "predictions").glob("fold*"))):
+        n = None
+        for npy in (demo / folder).glob("*.npy"):
+            scores = np.load(npy, mmap_mode="r")
+            assert scores.dtype == np.uint16 and scores.shape[1] == 1000
+            assert scores.max() <= 9999
+            n = n or scores.shape[0]
+            assert scores.shape[0] == n, npy
+    results = json.loads((demo / "results.json").read_text())
+    rows = results["rows"]
+    assert rows[0]["submission"] == "random scores" and len(rows) == 9
+    assert len(results["blend"]["weights"]) == 4 and 0 <= results["prior_coverage"]["share"] <= 1
     for r in rows:
         header = Path(r["csv"]).read_text().splitlines()[0]
         assert header == "Class,Segments"
@@ -49,7 +54,7 @@ def test_every_stage_leaves_well_formed_outputs(demo):
 
 @pytest.mark.slow
 def test_the_fine_tuned_mixture_beats_random_ranking_by_a_wide_margin(demo):
-    rows = {r["submission"]: r for r in json.loads((demo / "results.json").read_text())}
+    rows = {r["submission"]: r for r in json.loads((demo / "results.json").read_text())["rows"]}
     assert rows["mixture agnostic + aware"]["map"] > 2 * rows["random scores"]["map"] + 0.05
 
 
