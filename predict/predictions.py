@@ -24,6 +24,7 @@ import mmap
 import os
 import re
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -330,6 +331,30 @@ def check_output(npy_path, overwrite: bool = False, kind: str = "segments") -> N
         if os.path.lexists(p) and not overwrite:
             raise PredictionError(f"{p}: exists (predictions of another model?); "
                                   "--overwrite replaces it")
+
+
+@contextmanager
+def shared_writer(path, video_ids, start_times, ranks, barrier):
+    """The `PredictionWriter` of this rank of a torchrun job (or of a lone process) whose
+    ranks write one output: rank 0 creates the temporary file (named by torchrun's run id,
+    else by the pid), the others open it after `barrier(ranks)`; on a clean exit every
+    rank flushes its rows and, after a barrier, rank 0 publishes; on an error rank 0
+    removes the temporaries. `ranks`: `trainer.recipes.runtime.Ranks` (`world`, `main`)."""
+    tag = os.environ.get("TORCHELASTIC_RUN_ID") if ranks.world > 1 else None
+    args = (path, video_ids, start_times, tag)
+    writer = PredictionWriter(*args, create=True) if ranks.main else None
+    barrier(ranks)  # rank 0 has made the temporary file: the others open it
+    writer = writer or PredictionWriter(*args, create=False)
+    try:
+        yield writer
+        writer.flush()
+        barrier(ranks)  # every rank's rows are in the file
+        if ranks.main:
+            writer.publish()
+    except BaseException:
+        if ranks.main:
+            writer.abort()
+        raise
 
 
 def write_predictions(path, scores: np.ndarray, video_ids, start_times, block_rows=65536) -> None:

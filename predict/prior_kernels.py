@@ -231,7 +231,7 @@ def _fill_class(c, p, m, at, seed, out, epoch_pos, bits, hist, entries, fill_pos
     hist[trash] = out.shape[0] - 1
     j = 0
     for f in range(e):  # epoch by epoch, as `_finish_class`
-        for i in range(fill_pos[f], fill_pos[f + 1]):
+        for i in range(fill_pos[f], fill_pos[f + 1]):  # `_finish_class`'s placement
             x = entries[i]
             v = x >> _U32_EPOCH_BITS
             row = _row_of(x, f)

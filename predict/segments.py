@@ -20,7 +20,6 @@ This module imports torch: `predict topk`, `validate` and `evaluate` never impor
 """
 from __future__ import annotations
 
-import os
 import sys
 import time
 from pathlib import Path
@@ -29,7 +28,7 @@ import numpy as np
 import polars as pl
 
 from ingest.errors import IngestError
-from predict.predictions import PredictionWriter, check_output, sidecar_path
+from predict.predictions import check_output, shared_writer, sidecar_path
 
 RUN_KINDS = {"pretrain": "video", "finetune-agnostic": "video", "finetune-aware": "aware"}
 # fp32 by default (TF32 matmuls on CUDA): the probabilities are quantised at 1/9999, and
@@ -103,30 +102,18 @@ def predict_segments(store: str, run: str, out: str, batch_size: int = 1024,
                            world_size=ranks.world, rank=ranks.rank, device=str(ranks.device))
         loader = Loader(index, cfg)
         check_sidecar(out_path, cand)
-        # ranks share one temporary file, named by torchrun's run id (default: this pid)
-        tag = os.environ.get("TORCHELASTIC_RUN_ID") if ranks.world > 1 else None
-        args = (out_path, cand["video_id"], cand["start_time"], tag)
-        writer = PredictionWriter(*args, create=True) if ranks.main else None
-        barrier(ranks)  # rank 0 has made the temporary file: the others open it
-        writer = writer or PredictionWriter(*args, create=False)
         done, t0 = 0, time.perf_counter()
         bar = _bar(progress and ranks.main, len(loader), cand.height // ranks.world)
-        try:
-            with torch.no_grad(), autocast(ranks, precision):
+        try:  # the ranks share one temporary file; rank 0 publishes it
+            with (shared_writer(out_path, cand["video_id"], cand["start_time"], ranks,
+                                barrier) as writer,
+                  torch.no_grad(), autocast(ranks, precision)):
                 for batch in loader:
                     probs = _probs(model, kind, batch)
                     writer.write_at(int(batch.rows[0]), probs)
                     done += len(probs)
                     if bar is not None:
                         bar.update(len(probs))
-            writer.flush()
-            barrier(ranks)  # every rank's rows are in the file
-            if ranks.main:
-                writer.publish()
-        except BaseException:
-            if ranks.main:
-                writer.abort()
-            raise
         finally:
             if bar is not None:
                 bar.close()

@@ -21,14 +21,13 @@ both at the end. Imports torch (only when the command runs).
 """
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
 import numpy as np
 
 from ingest.vocab import N_SEGMENT_CLASSES
-from predict.predictions import PredictionWriter, check_output
+from predict.predictions import check_output, shared_writer
 from predict.segments import PRECISIONS, SegmentsError, load_run, prediction_threads
 
 VIDEO_RUNS = {"pretrain": "pretrain", "finetune-agnostic": "finetune"}  # recipe: config key
@@ -79,17 +78,14 @@ def predict_videos(store: str, run: str, out: str, batch_size: int = 64,
                            skip_unlabelled=False, threads=threads, world_size=ranks.world,
                            rank=ranks.rank, device=str(ranks.device))
         loader = Loader(index, cfg)
-        tag = os.environ.get("TORCHELASTIC_RUN_ID") if ranks.world > 1 else None
-        writer = PredictionWriter(out_path, videos, None, tag, create=True) if ranks.main else None
-        barrier(ranks)  # rank 0 has made the temporary file: the others open it
-        writer = writer or PredictionWriter(out_path, videos, None, tag, create=False)
         empty = np.flatnonzero(index.n_frames == 0)
         done, t0 = 0, time.perf_counter()
         bar = _bar(progress and ranks.main, len(videos) // ranks.world)
-        try:
-            if ranks.main:  # no frames, no prediction: a row of zeros
-                writer.write_rows(empty, np.zeros((len(empty), N_SEGMENT_CLASSES), np.uint16))
-            with torch.no_grad(), autocast(ranks, precision):
+        try:  # the ranks share one temporary file; rank 0 publishes it
+            with (shared_writer(out_path, videos, None, ranks, barrier) as writer,
+                  torch.no_grad(), autocast(ranks, precision)):
+                if ranks.main:  # no frames, no prediction: a row of zeros
+                    writer.write_rows(empty, np.zeros((len(empty), N_SEGMENT_CLASSES), np.uint16))
                 for batch in loader:
                     valid = batch.valid.cpu().numpy()
                     probs = model(batch.frames, batch.mask).probs().float().cpu().numpy()
@@ -97,14 +93,6 @@ def predict_videos(store: str, run: str, out: str, batch_size: int = 64,
                     done += int(valid.sum())
                     if bar is not None:
                         bar.update(int(valid.sum()))
-            writer.flush()
-            barrier(ranks)  # every rank's rows are in the file
-            if ranks.main:
-                writer.publish()
-        except BaseException:
-            if ranks.main:
-                writer.abort()
-            raise
         finally:
             if bar is not None:
                 bar.close()

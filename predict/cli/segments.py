@@ -4,29 +4,12 @@ from __future__ import annotations
 
 import click
 
+from predict.cli.options import model_run_options
+
 
 @click.command("segments")
-@click.option("--store", required=True, type=click.Path(), help="The store to predict.")
-@click.option("--model", "run", required=True, type=click.Path(),
-              help="A run directory of train pretrain / train finetune.")
-@click.option("--out", required=True, type=click.Path(dir_okay=False),
-              help="PRED_DIR/NAME: writes NAME.npy and NAME.segments.parquet.")
-@click.option("--batch-size", type=click.IntRange(min=53), default=1024, show_default=True,
-              help="Candidates per batch (whole videos; at least one video's 52).")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
-              show_default=True)
-@click.option("--threads", type=click.IntRange(min=1), default=2, show_default=True,
-              help="Loader threads.")
-@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32",
-              show_default=True,
-              help="fp32 (TF32 matmuls on CUDA) or bf16 autocast (faster on GPUs; moves some "
-                   "entries across the top-K cut, docs/predictions.md).")
-@click.option("--torch-threads", type=click.IntRange(min=1), default=None,
-              help="CPU: torch's threads (default: the cores less one per loader thread, at "
-                   "least 1).")
-@click.option("--overwrite", is_flag=True,
-              help="Replace NAME.npy / NAME.segments.parquet if they exist (else refused).")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
+@model_run_options("A run directory of train pretrain / train finetune.", "segments", 1024, 53,
+                   "Candidates per batch (whole videos; at least one video's 52).")
 def segments(store, run, out, batch_size, device, threads, precision, torch_threads,
              overwrite, quiet) -> None:
     """Predict every candidate segment of STORE with the model of RUN (quantised .npy)."""

@@ -27,3 +27,29 @@ def runs(tmp_path_factory, validate_store):
             "--segment", str(d / "pre"), "--out", str(d / "aw"), "--steps", "3",
             "--batch-size", "8", "--max-len", "16"])
     return d
+
+
+def refusal(main, args) -> str:
+    """The one line `Error: ...` (exit 1, no traceback) that a command answers `args` with."""
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
+    return lines[0]
+
+
+def two_ranks_and_one(tmp_path, args) -> None:
+    """`python -m predict ARGS` under `torchrun` with two ranks into tmp_path/two, then as one
+    process into tmp_path/one; the two matrices must be the same bytes."""
+    import os
+    import sys
+    from pathlib import Path
+
+    from tests.processes import run_ok
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    torchrun = Path(sys.executable).with_name("torchrun")
+    run_ok([str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "predict",
+           *args, "--out", str(tmp_path / "two")], env=env)
+    run_ok([sys.executable, "-m", "predict", *args, "--out", str(tmp_path / "one")], env=env)
+    assert (tmp_path / "two.npy").read_bytes() == (tmp_path / "one.npy").read_bytes()

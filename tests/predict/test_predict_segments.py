@@ -3,10 +3,6 @@ the sidecar against the store, once-per-video contexts against per-segment ones,
 torchrun ranks against one process, read back by topk/validate, errors (issue #14)."""
 from __future__ import annotations
 
-import os
-import sys
-from pathlib import Path
-
 import numpy as np
 import polars as pl
 import pytest
@@ -15,12 +11,10 @@ from click.testing import CliRunner
 
 from predict.cli.main import main as predict_main
 from predict.segments import load_run
-from tests.processes import run_ok
+from tests.predict.conftest import CPU, refusal, two_ranks_and_one
 from tests.readonly import error_line, run_read_only, script
 from trainer.data import context_span
 from trainer.data.sampling import select_even_numpy
-
-CPU = ["--device", "cpu", "--threads", "1", "--quiet"]
 
 
 def _ok(main, args):
@@ -85,15 +79,8 @@ def test_deterministic_and_read_back_by_topk(tmp_path, runs, testset_store):
 
 @pytest.mark.slow
 def test_two_torchrun_ranks_write_the_bytes_of_one_process(tmp_path, runs, testset_store):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    args = ["segments", "--store", str(testset_store.path), "--model", str(runs / "aw"),
-            "--batch-size", "64"] + CPU
-    torchrun = Path(sys.executable).with_name("torchrun")
-    run_ok([str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "predict",
-           *args, "--out", str(tmp_path / "two")], env=env)
-    run_ok([sys.executable, "-m", "predict", *args, "--out", str(tmp_path / "one")],
-           env=env)
-    assert (tmp_path / "two.npy").read_bytes() == (tmp_path / "one.npy").read_bytes()
+    two_ranks_and_one(tmp_path, ["segments", "--store", str(testset_store.path), "--model",
+                                 str(runs / "aw"), "--batch-size", "64"] + CPU)
     assert (tmp_path / "two.segments.parquet").is_file()
 
 
@@ -126,12 +113,8 @@ def test_a_store_without_candidates_is_refused(tmp_path, runs):
 
 
 def _refused(store, run, out, *extra) -> str:
-    result = CliRunner().invoke(predict_main, ["segments", "--store", str(store.path), "--model",
-                                               str(run), "--out", str(out), *extra] + CPU)
-    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
-    lines = result.output.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
-    return lines[0]
+    return refusal(predict_main, ["segments", "--store", store.path, "--model", run, "--out", out,
+                                  *extra] + CPU)
 
 
 def test_an_existing_output_is_refused_unless_overwrite(tmp_path, runs, testset_store):

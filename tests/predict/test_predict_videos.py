@@ -4,10 +4,6 @@ videos without frames, an aware run refused, output refusals, two torchrun ranks
 one process (issue 23 §1)."""
 from __future__ import annotations
 
-import os
-import sys
-from pathlib import Path
-
 import numpy as np
 import polars as pl
 import pytest
@@ -17,8 +13,7 @@ from click.testing import CliRunner
 from predict.cli.main import main as predict_main
 from predict.predictions import open_video_predictions
 from predict.videos import video_run
-from tests.predict.conftest import CPU
-from tests.processes import run_ok
+from tests.predict.conftest import CPU, refusal, two_ranks_and_one
 from trainer.data.sampling import select_even_numpy
 
 
@@ -31,12 +26,8 @@ def _videos(store, run, out, *extra):
 
 
 def _refused(store, run, out, *extra) -> str:
-    result = CliRunner().invoke(predict_main, ["videos", "--store", str(store.path), "--model",
-                                               str(run), "--out", str(out), *extra] + CPU)
-    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
-    lines = result.output.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
-    return lines[0]
+    return refusal(predict_main, ["videos", "--store", store.path, "--model", run, "--out", out,
+                                  *extra] + CPU)
 
 
 def _direct(model, store, video_rows, max_len):
@@ -118,14 +109,8 @@ def test_output_refusals_as_predict_segments(tmp_path, runs, testset_store):
 
 @pytest.mark.slow
 def test_two_torchrun_ranks_write_the_bytes_of_one_process(tmp_path, runs, validate_store):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    args = ["videos", "--store", str(validate_store.path), "--model", str(runs / "pre"),
-            "--batch-size", "5"] + CPU
-    torchrun = Path(sys.executable).with_name("torchrun")
-    run_ok([str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "predict",
-           *args, "--out", str(tmp_path / "two")], env=env)
-    run_ok([sys.executable, "-m", "predict", *args, "--out", str(tmp_path / "one")], env=env)
-    assert (tmp_path / "two.npy").read_bytes() == (tmp_path / "one.npy").read_bytes()
+    two_ranks_and_one(tmp_path, ["videos", "--store", str(validate_store.path), "--model",
+                                 str(runs / "pre"), "--batch-size", "5"] + CPU)
     assert (tmp_path / "two.videos.parquet").is_file()
     assert not list(tmp_path.glob(".*"))
 
