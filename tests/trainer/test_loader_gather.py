@@ -28,7 +28,8 @@ def _files(tmp_path, sizes, width, seed=0):
     files = ArrayFiles(paths, np.array(rows, np.int64), np.array(base, np.int64),
                        np.array(shard_rows, np.int64), width, len(paths), tmp_path,
                        [f"p{p}" for p in range(len(sizes))])
-    with files.reading(np.zeros(1, np.int64), np.zeros(1, np.int64), np.zeros(1, np.int64)):
+    zero = np.zeros(1, np.int64)
+    with files.reading(lambda: (zero, zero, zero)):
         pass  # all files fit the capacity: every one is mapped now, for good
     assert files.complete
     return (files.addr, files.file_base, files.shard_rows), files

@@ -149,7 +149,7 @@ def test_the_mapping_cache_never_unmaps_a_pinned_file(tmp_path):
             cm.__exit__(None, None, None)
         part, first = np.zeros(3, np.int64), rng.integers(0, 193, 3)
         last = first + rng.integers(0, 8, 3)
-        cm = files.reading(part, first, last)
+        cm = files.reading(lambda part=part, first=first, last=last: (part, first, last))
         cm.__enter__()
         open_blocks.append((cm, files.ids(part, first, last)))
         for _, held in open_blocks:

@@ -22,7 +22,8 @@ import os
 import resource
 import threading
 from collections import OrderedDict
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -54,7 +55,7 @@ class ArrayFiles:
     `paths` and `rows (F,)` int64: every file and its row count, in file order;
     `file_base (P,)` int64: part p's first file; `shard_rows (P,)` int64: rows per shard
     file of part p; `width`: bytes per row; `addr (F,)` int64: where file f's rows are
-    mapped, 0 while unmapped. Readers bracket a kernel with `reading(part, first, last)`,
+    mapped, 0 while unmapped. Readers bracket a kernel with `with files.reading(rows):`,
     which maps the files holding those rows and keeps them mapped until it exits (pinned);
     at most `capacity` files stay mapped
     (the least recently read unpinned one is unmapped first), more only while the batches
@@ -126,22 +127,20 @@ class ArrayFiles:
             a = np.repeat(a, span + 1) + _ramps(span + 1)
         return np.unique(np.concatenate([a, b]))
 
-    @contextmanager
-    def reading(self, part: np.ndarray, first: np.ndarray, last: np.ndarray):
-        """The files holding rows `[first[i], last[i]]` of parts `part[i]` mapped (their
-        `addr` set) inside the block, and not unmapped by another thread before it exits."""
+    def reading(self, rows: Callable[[], tuple[np.ndarray, np.ndarray, np.ndarray]]):
+        """A context in which the files holding rows `[first[i], last[i]]` of parts `part[i]`
+        are mapped (their `addr` set) and stay so (pinned: no other thread unmaps them),
+        `(part, first, last) = rows()`; `rows` is called only while some file may be
+        unmapped (not once the array is `complete`), so a batch pays nothing then."""
         if self.complete:  # every file mapped for good: nothing to look up
-            yield
-            return
-        ids = self.ids(part, first, last)
-        self._acquire(ids)
-        try:
-            yield
-        finally:
-            with self._lock:
-                self._pins[ids] -= 1
-                while len(self._maps) > self.capacity and self._evict_one():
-                    pass  # back to the capacity (more were mapped while pins held them)
+            return _NO_LOOKUP
+        return _Pinned(self, self.ids(*rows()))
+
+    def _release(self, ids: np.ndarray) -> None:
+        with self._lock:
+            self._pins[ids] -= 1
+            while len(self._maps) > self.capacity and self._evict_one():
+                pass  # back to the capacity (more were mapped while pins held them)
 
     def _acquire(self, ids: np.ndarray) -> None:
         with self._lock:
@@ -201,6 +200,22 @@ class ArrayFiles:
                 m.close()
             self._maps.clear()
             self.complete = len(self.paths) == 0
+
+
+_NO_LOOKUP = nullcontext()
+
+
+class _Pinned:
+    """The files `ids` of `files` mapped and pinned from `__enter__` to `__exit__`."""
+
+    def __init__(self, files: ArrayFiles, ids: np.ndarray):
+        self.files, self.ids = files, ids
+
+    def __enter__(self) -> None:
+        self.files._acquire(self.ids)
+
+    def __exit__(self, *exc) -> None:
+        self.files._release(self.ids)
 
 
 def _ramps(counts: np.ndarray) -> np.ndarray:

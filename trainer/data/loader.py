@@ -387,10 +387,10 @@ class Loader:
 
     def _frames_into(self, slot, prefix, video, lo, hi, keys, dims, even):
         ix, f = self.index, self.index.frames
-        part, first = ix.video_part[video], ix.frame_offset[video] + lo
-        with f.reading(part, first, first + (hi - lo) - 1):
+        part, offset = ix.video_part[video], ix.frame_offset[video]
+        with f.reading(lambda: (part, offset + lo, offset + hi - 1)):
             G.gather_frames_kernel(
-                f.addr, f.file_base, f.shard_rows, part, ix.frame_offset[video], lo, hi, keys,
+                f.addr, f.file_base, f.shard_rows, part, offset, lo, hi, keys,
                 self.config.frames_cap, even, slot.view(prefix, dims),
                 slot.view(f"{prefix}_mask" if prefix == "context" else "mask", dims),
                 np.empty(len(video), np.int64))
@@ -420,8 +420,7 @@ class Loader:
         ix = self.index
         dims = dims or {"B": len(rows)}
         w = ix.windows
-        window = ix.seg_window[rows]
-        with w.reading(ix.seg_part[rows], window, window):
+        with w.reading(lambda: (ix.seg_part[rows], ix.seg_window[rows], ix.seg_window[rows])):
             G.fill_segment_kernel(w.addr, w.file_base, w.shard_rows, ix.seg_part, ix.seg_window,
                                   ix.seg_class, ix.seg_score, ix.seg_video, ix.negatives, rows,
                                   slot.view("windows", dims).reshape(len(rows), -1),
@@ -446,10 +445,10 @@ class Loader:
         videos = video[first]
         dims = {"B": len(rows), "V": len(videos), "L": 1}
         f = ix.frames
-        part, row = ix.video_part[video], ix.frame_offset[video] + ix.cand_lo[rows]
-        with f.reading(part, row, row + (ix.cand_hi[rows] - ix.cand_lo[rows]) - 1):
-            G.gather_windows_kernel(f.addr, f.file_base, f.shard_rows, part,
-                                    ix.frame_offset[video], ix.cand_lo[rows], ix.cand_hi[rows],
+        part, offset = ix.video_part[video], ix.frame_offset[video]
+        lo, hi = ix.cand_lo[rows], ix.cand_hi[rows]
+        with f.reading(lambda: (part, offset + lo, offset + hi - 1)):
+            G.gather_windows_kernel(f.addr, f.file_base, f.shard_rows, part, offset, lo, hi,
                                     ix.cand_pad_left[rows], slot.view("windows", dims))
         slot.view("video_slot", dims)[:] = np.cumsum(first) - 1
         self._rows_and_valid(slot, dims, rows, valid)
