@@ -104,7 +104,9 @@ def test_cold_evicts_then_reads_the_kinds_files_sequentially(validate_store, tmp
 
 
 def test_cold_refuses_a_store_mapped_elsewhere_in_the_process(validate_store):
-    other = StoreIndex.build(validate_store)  # e.g. a training loader of the same store
+    other = Loader(StoreIndex.build(validate_store), LoaderConfig(kind="segment", batch_size=8))
+    for _ in other:  # e.g. a training loader of the same store: its files are mapped now
+        pass
     line = fail(str(validate_store.path), "--kind", "segment", "--cold")
     assert "still mapped" in line and "--cold" in line
     del other
