@@ -111,12 +111,17 @@ def gather_kept(vals, row0, video_of, kept, factor, kept_buf, cursor, starts):
     n_top = kept.shape[1]
     use_factor = factor.shape[0] > 0
     starts[:] = 0
-    for part in range(n_parts):
+    for part in range(n_parts):  # per run of rows of one video (a video's rows: one run)
         lo, hi = _share(0, n_rows, n_parts, part)
-        for r in range(lo, hi):
+        r = lo
+        while r < hi:
             u = video_of[row0 + r]
+            end = r + 1
+            while end < hi and video_of[row0 + end] == u:
+                end += 1
             for j in range(n_top):
-                starts[part, kept[u, j]] += 1
+                starts[part, kept[u, j]] += end - r
+            r = end
     for c in range(n_cls):
         at = cursor[c]
         for part in range(n_parts):
@@ -126,18 +131,31 @@ def gather_kept(vals, row0, video_of, kept, factor, kept_buf, cursor, starts):
         cursor[c] = at
     for part in prange(n_parts):
         lo, hi = _share(0, n_rows, n_parts, part)
-        for r in range(lo, hi):
-            row = row0 + r
-            u = video_of[row]
-            low = np.uint32(row & ROW_MASK)
-            for j in range(n_top):
-                c = kept[u, j]
-                s = vals[r, c]
-                if use_factor:
-                    s = np.uint16(np.floor(np.float64(s) * factor[u, j] + 0.5))
-                p = starts[part, c]
-                kept_buf[p] = (np.uint32(s) << _U32_EPOCH_BITS) | low
-                starts[part, c] = p + 1
+        if use_factor:
+            _append_kept(vals, lo, hi, row0, video_of, kept, factor, kept_buf, starts[part])
+        else:
+            _append_kept(vals, lo, hi, row0, video_of, kept, None, kept_buf, starts[part])
+
+
+@njit
+def _append_kept(vals, lo, hi, row0, video_of, kept, factor, kept_buf, fronts):
+    """`gather_kept`'s appends of rows lo..hi of vals (fronts (C,): each class's next slot),
+    a function of its own (its variables stay in registers; compiled apart for factor None,
+    the ensemble score unchanged)."""
+    n_top = kept.shape[1]
+    for r in range(lo, hi):
+        row = row0 + r
+        u = video_of[row]
+        low = np.uint32(row & ROW_MASK)
+        values, classes = vals[r], kept[u]
+        for j in range(n_top):
+            c = np.uint64(classes[j])
+            s = values[c]
+            if factor is not None:
+                s = np.uint16(np.floor(np.float64(s) * factor[u, j] + 0.5))
+            p = np.uint64(fronts[c])
+            kept_buf[p] = (np.uint32(s) << _U32_EPOCH_BITS) | low
+            fronts[c] = p + np.uint64(1)
 
 
 @njit(parallel=True)
