@@ -18,8 +18,9 @@ OUT_DIR/results.png:
    the last two; score each (`predict evaluate`) against the test truth.
 6. the techniques of the teams above the paper (issue #23, docs/predictions.md,
    docs/training.md): the agnostic models and the mixture restricted to each video's most
-   likely classes by a video-level prior (`predict videos` with the pre-trained NeXtVLAD,
-   `predict topk --video-prior`); the mixture of the same four fine-tunings run with
+   likely classes by a video-level prior (`predict videos` with the video-level run whose
+   top classes hold the most positives of the held-out fold, `predict topk
+   --video-prior`); the mixture of the same four fine-tunings run with
    weight averaging (`--swa-from`, half-way); the mixture with integer weights fit by
    `predict blend` on the fine-tuning's held-out fold (its shards converted to a store of
    their own, predicted by the four models), then applied to the test predictions.
@@ -45,6 +46,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ingest.store.truth import read_truth
+
 REAL_CANDIDATES, REAL_K = 1_704_348, 100_000  # the real test set and the challenge's K
 MARKER = ".demo-output"
 # The demo's world: frame noise 0.1 instead of `ingest synth`'s 0.5. At 0.5 the tiny model
@@ -61,7 +64,12 @@ SIZES = {  # shards × videos per split, the world, steps and lengths of the rec
 OVERRIDES = ("noise_std", "pre_steps", "ft_steps", "pre_lr", "ft_lr")  # options of the script
 ENCODERS = ("dbof-tiny", "nxvlad-tiny")
 CONTEXT = "nxvlad-tiny"  # the context encoder of the aware models (NeXtVLAD, as the paper's best)
-PRIOR = "nxvlad-tiny"  # the pre-trained video model whose predictions restrict the classes
+# Video-level models that may give the prior of the video restriction (the runs whose
+# model is a video model); the one whose top TOP_CLASSES hold the most positive (video,
+# class) pairs of the held-out fold is used. Every fine-tuning held that fold out, the
+# pre-trainings never saw the validate split.
+PRIOR_CANDIDATES = ("pre:dbof-tiny", "pre:nxvlad-tiny", "agnostic:dbof-tiny",
+                    "agnostic:nxvlad-tiny")
 # Classes each test video keeps by the prior. The 3rd place kept 20 of 1000 (the classes
 # holding > 97% of the positives); a demo video carries 1-5 of the world's 50 classes.
 TOP_CLASSES = 5
@@ -176,10 +184,6 @@ def predict_all(out: Path, stores: dict, runs: dict) -> dict[str, Path]:
            str(preds[key]), "--quiet")
     preds["random"] = out / "predictions" / "random.npy"
     write_random(preds["random"], preds[next(iter(runs))], seed=0)
-    preds["prior"] = out / "predictions" / "videos" / f"pretrain-{PRIOR}.npy"
-    preds["prior"].parent.mkdir(exist_ok=True)
-    sh("predict", "videos", "--store", str(stores["test"]), "--model", str(runs[f"pre:{PRIOR}"]),
-       "--out", str(preds["prior"]), "--quiet")
     return preds
 
 
@@ -195,23 +199,49 @@ def held_out_store(out: Path, fold: int) -> Path:
     return store
 
 
-def blend_weights(out: Path, stores: dict, runs: dict) -> tuple[list[int], dict]:
-    """Integer weights of the mixture's four models fit by `predict blend` on their
-    predictions of the held-out fold (every one of them held that fold out)."""
+def held_out(out: Path, stores: dict) -> dict:
+    """The fine-tuning's held-out fold as a store, its candidates and its scaled K."""
     fold = held_out_fold(stores["validate"])
-    step(f"6. blend: the mixture's weights fit on the held-out fold {fold} (predict blend)")
+    step(f"6. the held-out fold {fold}: the blend's weights and the restriction's prior")
     store = held_out_store(out, fold)
     n = int(json.loads(sh("ingest", "info", str(store), "--json"))["candidate_segments"])
-    k = max(1, round(REAL_K * n / REAL_CANDIDATES))
+    return {"fold": fold, "store": store, "candidates": n,
+            "k": max(1, round(REAL_K * n / REAL_CANDIDATES))}
+
+
+def blend_weights(out: Path, held: dict, runs: dict) -> tuple[list[int], dict]:
+    """Integer weights of the mixture's four models fit by `predict blend` on their
+    predictions of the held-out fold (every one of them held that fold out)."""
     preds = []
     for key in MIXTURE:
-        preds.append(out / "predictions" / f"fold{fold}" / (runs[key].name + ".npy"))
+        preds.append(out / "predictions" / f"fold{held['fold']}" / (runs[key].name + ".npy"))
         preds[-1].parent.mkdir(exist_ok=True)
-        sh("predict", "segments", "--store", str(store), "--model", str(runs[key]), "--out",
-           str(preds[-1]), "--quiet")
-    found = json.loads(sh("predict", "blend", "--truth", str(store), "--k", str(k), "--json",
-                          *map(str, preds)))
-    return found["weights"], {"fold": fold, "k": k, "candidates": n, **found}
+        sh("predict", "segments", "--store", str(held["store"]), "--model", str(runs[key]),
+           "--out", str(preds[-1]), "--quiet")
+    found = json.loads(sh("predict", "blend", "--truth", str(held["store"]), "--k",
+                          str(held["k"]), "--json", *map(str, preds)))
+    return found["weights"], {"fold": held["fold"], "k": held["k"],
+                              "candidates": held["candidates"], **found}
+
+
+def choose_prior(out: Path, held: dict, stores: dict, runs: dict, preds: dict) -> dict:
+    """The video-level run whose top TOP_CLASSES classes hold the most positive (video,
+    class) pairs of the held-out fold; its `predict videos` of the test store becomes
+    `preds["prior"]`."""
+    truth = read_truth(str(held["store"]))
+    found = {}
+    for key in PRIOR_CANDIDATES:
+        path = out / "predictions" / f"fold{held['fold']}" / "videos" / f"{runs[key].name}.npy"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        sh("predict", "videos", "--store", str(held["store"]), "--model", str(runs[key]),
+           "--out", str(path), "--quiet")
+        found[key] = prior_coverage(truth, path)["share"]
+    best = max(PRIOR_CANDIDATES, key=lambda key: found[key])  # ties: the first listed
+    preds["prior"] = out / "predictions" / "videos" / f"{runs[best].name}.npy"
+    preds["prior"].parent.mkdir(exist_ok=True)
+    sh("predict", "videos", "--store", str(stores["test"]), "--model", str(runs[best]), "--out",
+       str(preds["prior"]), "--quiet")
+    return {"run": runs[best].name, "held_out_shares": {runs[k].name: v for k, v in found.items()}}
 
 
 def write_random(path: Path, like: Path, seed: int) -> None:
@@ -295,15 +325,16 @@ def final_auc(run: Path) -> float | None:
     return evals[-1].get("swa_auc", evals[-1].get("auc")) if evals else None
 
 
-def prior_coverage(out: Path, prior: Path) -> dict:
-    """Share of the test truth's positive (video, class) pairs that the prior's top
-    TOP_CLASSES of their video keep (the 3rd place's top 20 of 1000 kept over 97%)."""
+def prior_coverage(truth, prior: Path) -> dict:
+    """Share of the positive (video, class) pairs of `truth` (a truth table) that the
+    prior's top TOP_CLASSES of their video keep (the 3rd place's top 20 of 1000 kept over
+    97%)."""
     import polars as pl
 
     scores = np.load(prior, mmap_mode="r")
     videos = pl.read_parquet(prior.with_suffix(".videos.parquet"))["video_id"].to_list()
     row = {v: i for i, v in enumerate(videos)}
-    truth = pl.read_parquet(out / "shards" / "test" / "truth.parquet").filter(pl.col("score") > 0.5)
+    truth = truth.filter(pl.col("score") > 0.5)
     pairs = set(zip(truth["video_id"].to_list(), truth["class_index"].to_list()))
     top = np.argsort(-scores.astype(np.int32), axis=1, kind="stable")[:, :TOP_CLASSES]
     kept = sum(int(c) in top[row[v]] for v, c in pairs)
@@ -317,11 +348,13 @@ def report(out: Path, rows: list[dict], k: int, seconds: float, notes: dict) -> 
     lines = [f"| {r['submission']} | {r['models']} | {r['map']:.4f} | {r['map_ambiguous']:.4f} "
              f"| {_number(r['auc'])} |" for r in rows]
     text = head + "\n".join(lines) + "\n"
-    blend, cover = notes["blend"], notes["prior_coverage"]
+    blend, cover, prior = notes["blend"], notes["prior_coverage"], notes["prior"]
+    shares = ", ".join(f"{k} {v:.1%}" for k, v in prior["held_out_shares"].items())
     text += (f"\nVideo restriction: each test video keeps its {cover['top_classes']} best "
-             f"classes by the pre-trained {PRIOR}'s video-level prediction; they hold "
-             f"{cover['kept']} of the {cover['positive_pairs']} positive (video, class) pairs "
-             f"of the test truth ({cover['share']:.1%}). Blended weights "
+             f"classes by the video-level prediction (`predict videos`) of {prior['run']}, "
+             f"chosen on the held-out fold (share of its positive (video, class) pairs kept: "
+             f"{shares}); on the test they hold {cover['kept']} of the "
+             f"{cover['positive_pairs']} positive pairs ({cover['share']:.1%}). Blended weights "
              f"{','.join(map(str, blend['weights']))} (agnostic dbof, agnostic nxvlad, aware "
              f"dbof, aware nxvlad), fit by `predict blend` on the held-out validate fold "
              f"{blend['fold']} ({blend['candidates']} candidates, MAP@{blend['k']} "
@@ -375,12 +408,16 @@ def main() -> None:
     stores = data(args.out, size, args.seed)
     runs = train_all(args.out, stores, size, args.seed)
     preds = predict_all(args.out, stores, runs)
-    weights, blend = blend_weights(args.out, stores, runs)
+    held = held_out(args.out, stores)
+    weights, blend = blend_weights(args.out, held, runs)
+    prior = choose_prior(args.out, held, stores, runs, preds)
     n_candidates = int(json.loads(sh("ingest", "info", str(stores["test"]), "--json"))[
         "candidate_segments"])
     k = max(1, round(REAL_K * n_candidates / REAL_CANDIDATES))
     rows = evaluate_all(args.out, stores, preds, runs, k, weights)
-    notes = {"blend": blend, "prior_coverage": prior_coverage(args.out, preds["prior"])}
+    truth = read_truth(str(args.out / "shards" / "test" / "truth.parquet"))
+    notes = {"blend": blend, "prior": prior,
+             "prior_coverage": prior_coverage(truth, preds["prior"])}
     table = report(args.out, rows, k, time.time() - t0, notes)
     print("\n" + table)
     print(f"outputs in {args.out}/: stores/, runs/ (each with curves.png), predictions/, "
