@@ -7,9 +7,10 @@ every segment.
                                                  [--sizes tiny,paper] [--device cpu|cuda]
                                                  [--threads-compare]
 
-`--threads-compare` (CPU): instead, torch on every core of the process (`--torch-threads`
-= cores) against the default, one core left to each of the two loader threads (what
-training does too), alternating, on the same batches.
+`--threads-compare` (CPU): instead, torch on every core of the process (the default of
+`predict segments` since 2026-12-07) against one core left to each of the two loader
+threads (the training recipes' rule, `cpu_threads`; the default before), alternating, on
+the same batches.
 
 Data: one synthetic test shard (`ingest synth --split test`) converted to a store in a
 temporary folder; models with random weights (speed does not depend on training):
@@ -21,7 +22,6 @@ With CUDA, the extrapolated time of the real test set's 1,704,348 candidates is 
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import tempfile
 import time
@@ -33,7 +33,7 @@ from ingest.store.convert import ConvertConfig, convert
 from ingest.synth import SynthConfig, write_synth
 from predict.segments import _probs, prediction_threads
 from trainer.data import Loader, LoaderConfig, StoreIndex
-from trainer.recipes.runtime import Ranks
+from trainer.recipes.runtime import Ranks, cpu_threads
 from trainer.registry import build
 
 REAL_CANDIDATES = 1_704_348
@@ -94,12 +94,11 @@ def measure(index, name: str, aware: bool, batch: int, args) -> dict:
 
 
 def threads_compare(index, args) -> None:
-    """Candidates/s with torch on every core and on cores − loader threads (the default),
-    alternating over repeats; the median of the per-repeat ratios."""
+    """Candidates/s with torch on every core (the default) and on cores − loader threads
+    (the training rule), alternating over repeats; the median of the per-repeat ratios."""
     ranks = Ranks(0, 1, torch.device("cpu"))
-    cores = len(os.sched_getaffinity(0))
-    settings = {"every core": lambda: prediction_threads(ranks, cores),
-                "cores - 2 loader threads (default)": lambda: prediction_threads(ranks, None)}
+    settings = {"every core (default)": lambda: prediction_threads(ranks, None),
+                "cores - 2 loader threads (training)": lambda: cpu_threads(ranks, 2)}
     for name, aware in zip(MODELS["tiny"], (False, True)):
         model = build(name).eval()
         cfg = LoaderConfig(kind="candidates", batch_size=1024, max_len=CONTEXT_LEN,
@@ -117,7 +116,7 @@ def threads_compare(index, args) -> None:
                   f"candidates/s", flush=True)
         ours, before = rates.values()
         ratio = statistics.median(a / b for a, b in zip(ours, before))
-        print(f"{'':24s} ratio every core / default: {ratio:.2f}x", flush=True)
+        print(f"{'':24s} ratio every core / cores - loader threads: {ratio:.2f}x", flush=True)
 
 
 def main() -> None:

@@ -91,7 +91,7 @@ def predict_segments(store: str, run: str, out: str, batch_size: int = 1024,
     from trainer.recipes.runtime import autocast, barrier, start_ranks, stop_ranks
 
     ranks = start_ranks(device)
-    prediction_threads(ranks, torch_threads, threads)
+    prediction_threads(ranks, torch_threads)
     try:
         model, kind, max_len = load_run(run)
         model.to(ranks.device)
@@ -124,13 +124,15 @@ def predict_segments(store: str, run: str, out: str, batch_size: int = 1024,
         stop_ranks()
 
 
-def prediction_threads(ranks, torch_threads: int | None, loader_threads: int = 2) -> None:
+def prediction_threads(ranks, torch_threads: int | None) -> None:
     """CUDA: TF32 matmuls allowed (the fp32 default). CPU: `torch_threads` for torch if
-    given, else the recipes' rule (`cpu_threads`: the cores less a core per loader thread,
-    at least 1). The candidate loader needs little CPU (alone ~133,000 candidates/s on one
-    core, against ~1,500/s through nxvlad-tiny), but on the shared 2-core VM torch on both
-    cores predicted at 0.58x the rate of torch on one (`bench_predict.py
-    --threads-compare`, benchmarks/RESULTS.md `## predict segments`)."""
+    given, else every core of the rank's share (`cpu_threads` with no core kept back). The
+    candidate loader needs little CPU (alone ~133,000 candidates/s on one core, against
+    1,500-7,500/s through the tiny models), so keeping a core per loader thread, as the
+    training recipes do, leaves cores idle: on the idle 2-core VM torch on both cores
+    predicted at 1.18-1.48x the rate of torch on one (`bench_predict.py --threads-compare`,
+    benchmarks/RESULTS.md `## predict segments`). Beside other busy processes the second
+    thread cost more than it brought (0.58x): `--torch-threads 1` there."""
     import torch
 
     from trainer.recipes.runtime import cpu_threads
@@ -142,7 +144,7 @@ def prediction_threads(ranks, torch_threads: int | None, loader_threads: int = 2
     if torch_threads:
         torch.set_num_threads(torch_threads)
     else:
-        cpu_threads(ranks, loader_threads)
+        cpu_threads(ranks, 0)
 
 
 def _probs(model, kind: str, batch) -> np.ndarray:

@@ -68,7 +68,7 @@ def predict_videos(store: str, run: str, out: str, batch_size: int = 64,
     from trainer.recipes.runtime import autocast, barrier, start_ranks, stop_ranks
 
     ranks = start_ranks(device)
-    prediction_threads(ranks, torch_threads, threads)
+    prediction_threads(ranks, torch_threads)
     try:
         model, max_len = video_run(run)
         model.to(ranks.device)

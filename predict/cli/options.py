@@ -56,8 +56,8 @@ def model_run_options(model_help: str, sidecar: str, batch_default: int, batch_m
                      help="fp32 (TF32 matmuls on CUDA) or bf16 autocast (faster on GPUs; moves "
                           "some entries across the top-K cut, docs/predictions.md)."),
         click.option("--torch-threads", type=click.IntRange(min=1), default=None,
-                     help="CPU: torch's threads (default: the cores less one per loader "
-                          "thread, at least 1)."),
+                     help="CPU: torch's threads (default: every core of the rank's share; "
+                          "1 can be faster beside other busy processes)."),
         click.option("--overwrite", is_flag=True,
                      help=f"Replace NAME.npy / NAME.{sidecar}.parquet if they exist (else "
                           "refused)."),

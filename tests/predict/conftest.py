@@ -40,7 +40,9 @@ def refusal(main, args) -> str:
 
 def two_ranks_and_one(tmp_path, args) -> None:
     """`python -m predict ARGS` under `torchrun` with two ranks into tmp_path/two, then as one
-    process into tmp_path/one; the two matrices must be the same bytes."""
+    process into tmp_path/one; the two matrices must be the same bytes. One torch thread
+    each (`--torch-threads 1`): a CPU matmul over several threads may round a row's sums
+    differently in a batch of other rows (docs/predictions.md)."""
     import os
     import sys
     from pathlib import Path
@@ -48,6 +50,7 @@ def two_ranks_and_one(tmp_path, args) -> None:
     from tests.processes import run_ok
 
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    args = [*args, "--torch-threads", "1"]
     torchrun = Path(sys.executable).with_name("torchrun")
     run_ok([str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "predict",
            *args, "--out", str(tmp_path / "two")], env=env)

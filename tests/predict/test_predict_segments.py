@@ -164,3 +164,27 @@ def test_fp32_by_default_and_bf16_on_request(tmp_path, runs, testset_store):
     fp32, bf16 = (np.load(tmp_path / f"{n}.npy").astype(np.int64) for n in ("fp32", "bf16"))
     assert fp32.shape == bf16.shape
     assert 0 < np.abs(fp32 - bf16).max() <= 0.05 * 9999  # bf16 keeps 8 bits of mantissa
+
+
+def test_cpu_prediction_gives_torch_every_core_of_the_ranks_share():
+    """The candidate loader needs little CPU: torch gets every core (RESULTS.md `## predict
+    segments`: 1.5x on the idle 2-core VM), shared among local ranks; `--torch-threads`
+    overrides it."""
+    import os
+
+    import torch
+
+    from predict.segments import prediction_threads
+    from trainer.recipes.runtime import Ranks
+
+    before = torch.get_num_threads()
+    cores = len(os.sched_getaffinity(0))
+    try:
+        prediction_threads(Ranks(0, 1, torch.device("cpu")), None)
+        assert torch.get_num_threads() == cores
+        prediction_threads(Ranks(0, 2, torch.device("cpu")), None)
+        assert torch.get_num_threads() == max(1, cores // 2)
+        prediction_threads(Ranks(0, 1, torch.device("cpu")), 1)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
