@@ -49,8 +49,8 @@ gpu-check:
 	@$(PYTHON) scripts/gpu_check.py "$(or $(GPU_OUT),gpu_check)" --venv "$(or $(GPU_VENV),.venv-gpu)" \
 	  --torch "$(GPU_TORCH)" --wheels "$(WHEELS)"
 
-# make rehearsal : the 3rd challenge's sizes on synthetic data through every stage (about an
-#   hour and ~40 GB of disk under bench_data/rehearsal on a 2-core CPU machine; REHEARSAL_ARGS
+# make rehearsal : the 3rd challenge's sizes on synthetic data through every stage (about
+#   30 minutes and ~45 GB of disk under bench_data/rehearsal on a 2-core CPU VM; REHEARSAL_ARGS
 #   passes options, e.g. --scale 0.01 or --keep): benchmarks/RESULTS.md `## rehearsal`
 .PHONY: rehearsal
 rehearsal: $(STAMP)
