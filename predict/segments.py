@@ -103,7 +103,7 @@ def predict_segments(store: str, run: str, out: str, batch_size: int = 1024,
         loader = Loader(index, cfg)
         check_sidecar(out_path, cand)
         done, t0 = 0, time.perf_counter()
-        bar = _bar(progress and ranks.main, len(loader), cand.height // ranks.world)
+        bar = progress_bar(progress and ranks.main, cand.height // ranks.world)
         try:  # the ranks share one temporary file; rank 0 publishes it
             with (shared_writer(out_path, cand["video_id"], cand["start_time"], ranks,
                                 barrier) as writer,
@@ -157,10 +157,12 @@ def _probs(model, kind: str, batch) -> np.ndarray:
     return out.probs().float().cpu().numpy()
 
 
-def _bar(enabled: bool, batches: int, total: int):
+def progress_bar(enabled: bool, total: int, unit: str = "seg", desc: str = "predict"):
+    """A tqdm bar on stderr of `total` units (None where not `enabled`: a quiet run, a
+    rank other than 0); shared by `predict segments` and `predict videos`."""
     if not enabled:
         return None
     from tqdm import tqdm
 
-    return tqdm(total=total, unit="seg", unit_scale=True, file=sys.stderr, leave=False,
-                desc="predict")
+    return tqdm(total=total, unit=unit, unit_scale=True, file=sys.stderr, leave=False,
+                desc=desc)

@@ -28,7 +28,13 @@ import numpy as np
 
 from ingest.vocab import N_SEGMENT_CLASSES
 from predict.predictions import check_output, shared_writer
-from predict.segments import PRECISIONS, SegmentsError, load_run, prediction_threads
+from predict.segments import (
+    PRECISIONS,
+    SegmentsError,
+    load_run,
+    prediction_threads,
+    progress_bar,
+)
 
 VIDEO_RUNS = {"pretrain": "pretrain", "finetune-agnostic": "finetune"}  # recipe: config key
 
@@ -80,7 +86,8 @@ def predict_videos(store: str, run: str, out: str, batch_size: int = 64,
         loader = Loader(index, cfg)
         empty = np.flatnonzero(index.n_frames == 0)
         done, t0 = 0, time.perf_counter()
-        bar = _bar(progress and ranks.main, len(videos) // ranks.world)
+        bar = progress_bar(progress and ranks.main, len(videos) // ranks.world, "video",
+                           "predict videos")
         try:  # the ranks share one temporary file; rank 0 publishes it
             with (shared_writer(out_path, videos, None, ranks, barrier) as writer,
                   torch.no_grad(), autocast(ranks, precision)):
@@ -103,13 +110,3 @@ def predict_videos(store: str, run: str, out: str, batch_size: int = 64,
     finally:
         stop_ranks()
 
-
-def _bar(enabled: bool, total: int):
-    if not enabled:
-        return None
-    import sys
-
-    from tqdm import tqdm
-
-    return tqdm(total=total, unit="video", unit_scale=True, file=sys.stderr, leave=False,
-                desc="predict videos")
